@@ -31,6 +31,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import torch
+
 log = logging.getLogger("progtuning")
 
 GLUE_DIR_ENV = "GLUE_DIR"
@@ -510,3 +512,68 @@ def download_glue_task(task: str, data_dir: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenized splits and batches (shared by GLUE and SQuAD)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Encoded:
+    """A tokenized split, tokenized once per run: token ids and token-type ids per row, and the training
+    targets by name ("labels" for GLUE; "start_positions" and "end_positions" for SQuAD)."""
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    targets: dict[str, list]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, count: int) -> "Encoded":
+        return Encoded(self.input_ids[:count], self.token_type_ids[:count],
+                       {name: values[:count] for name, values in self.targets.items()})
+
+
+def encode_glue(examples: list[Example], tokenizer, max_length: int, regression: bool) -> Encoded:
+    """Tokenize GLUE examples (pairs where the task has them), truncating the longer text first."""
+    texts_b = None if examples and examples[0].text_b is None else [e.text_b for e in examples]
+    encodings = tokenizer.encode_batch([e.text_a for e in examples], texts_b, max_length=max_length)
+    labels = [float(e.label) if regression else int(e.label) for e in examples]
+    return Encoded([e.ids for e in encodings], [e.type_ids for e in encodings], {"labels": labels})
+
+
+def batches(data: Encoded, batch_size: int, pad_token_id: int, order: list[int] | None = None,
+            pad_to_multiple_of: int | None = None):
+    """Yield padded batches of `data` in `order` (default: as stored).
+
+    Each batch holds input_ids, attention_mask, token_type_ids (B, T), the targets, and "index" (the row
+    numbers, so outputs of a reordered pass can be put back in place). T is the longest row in the batch
+    (dynamic padding), rounded up to a multiple of pad_to_multiple_of when given, so a compiled model
+    sees only a few distinct shapes instead of recompiling for every batch.
+    """
+    order = list(range(len(data))) if order is None else order
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(data.input_ids[r]) for r in rows)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(data.input_ids[r])
+            input_ids[i, :n] = torch.tensor(data.input_ids[r])
+            token_type_ids[i, :n] = torch.tensor(data.token_type_ids[r])
+            attention_mask[i, :n] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "index": torch.tensor(rows)}
+        for name, values in data.targets.items():
+            column = [values[r] for r in rows]
+            dtype = torch.float32 if isinstance(column[0], float) else torch.long
+            batch[name] = torch.tensor(column, dtype=dtype)
+        yield batch
+
+
+def length_sorted_order(data: Encoded) -> list[int]:
+    """Rows from shortest to longest: evaluation pads far less when similar lengths share a batch."""
+    return sorted(range(len(data)), key=lambda r: len(data.input_ids[r]))
