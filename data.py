@@ -15,11 +15,22 @@ splits are "dev_matched" (reported as mnli-m) and "dev_mismatched" (reported as 
 Environment: $GLUE_DIR is the glue_data folder when no data_dir is given (default ./glue_data);
 PROGTUNING_OFFLINE=1 stops read_glue from downloading; $GLUE_BASE_URL and $MRPC_BASE_URL replace the
 download locations (DEFAULT_GLUE_BASE_URL, DEFAULT_MRPC_BASE_URL), e.g. with a mirror.
+
+SQuAD v1.1 / v2.0 (Rajpurkar et al. 2016, 2018), in the official JSON layout, is at the end of the file:
+
+    squad_files(task, data_dir) -> (train path, dev path)   (default files downloaded when missing)
+    read_squad(path, version_2) -> list[SquadExample]
+    squad_features(examples, tokenizer) -> SquadFeatures     (overlapping windows, start/end targets)
+    squad_predictions(examples, features, start_logits, end_logits) -> (predictions, na_probs)
+
+$SQUAD_DIR is the folder holding the SQuAD JSON files (default ./squad); $SQUAD_BASE_URL replaces
+DEFAULT_SQUAD_BASE_URL; PROGTUNING_OFFLINE=1 stops the download here too.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import math
 import os
@@ -31,6 +42,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import torch
 
 log = logging.getLogger("progtuning")
@@ -577,3 +589,401 @@ def batches(data: Encoded, batch_size: int, pad_token_id: int, order: list[int] 
 def length_sorted_order(data: Encoded) -> list[int]:
     """Rows from shortest to longest: evaluation pads far less when similar lengths share a batch."""
     return sorted(range(len(data)), key=lambda r: len(data.input_ids[r]))
+
+
+# --------------------------------------------------------------------------------------------------
+# SQuAD v1.1 / v2.0: the official JSON files, windowed features, and answer spans from logits
+# --------------------------------------------------------------------------------------------------
+
+SQUAD_DIR_ENV = "SQUAD_DIR"
+SQUAD_BASE_URL_ENV = "SQUAD_BASE_URL"
+# Where the SQuAD explorer publishes the four official files.
+DEFAULT_SQUAD_BASE_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset"
+# run.py's task name -> SQuAD version.
+SQUAD_VERSIONS = {"squad": "1.1", "squad_v2": "2.0"}
+SQUAD_DEFAULT_FILES = {"1.1": ("train-v1.1.json", "dev-v1.1.json"),
+                       "2.0": ("train-v2.0.json", "dev-v2.0.json")}
+# The values of the official files' "version" field, used to catch a file read as the wrong version.
+_SQUAD_VERSION_FIELDS = {"1.1": "1.1", "2.0": "v2.0"}
+
+
+class SquadDownloadError(RuntimeError):
+    pass
+
+
+def squad_task_version(task: str) -> str:
+    if task not in SQUAD_VERSIONS:
+        raise ValueError(f"Unknown SQuAD task {task!r}; expected one of {', '.join(SQUAD_VERSIONS)} "
+                         "(squad = SQuAD v1.1, squad_v2 = SQuAD v2.0).")
+    return SQUAD_VERSIONS[task]
+
+
+def squad_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The folder holding the SQuAD JSON files: data_dir, else $SQUAD_DIR, else ./squad."""
+    if data_dir is not None:
+        return Path(data_dir)
+    from_env = os.environ.get(SQUAD_DIR_ENV)
+    return Path(from_env) if from_env else Path("squad")
+
+
+def squad_files(task: str, data_dir: str | Path | None = None, train_file: str | None = None,
+                dev_file: str | None = None) -> tuple[Path, Path]:
+    """The (train, dev) JSON paths of a SQuAD task, downloading a missing official file.
+
+    train_file / dev_file pick other files inside the data folder (e.g. "train-v1.1.subset.json"); an
+    absolute path is used as it is. Only the official file names are downloaded: a missing file of any
+    other name is a FileNotFoundError, since no URL could hold it.
+    """
+    version = squad_task_version(task)
+    root = squad_data_dir(data_dir)
+    default_train, default_dev = SQUAD_DEFAULT_FILES[version]
+    paths = []
+    for name, default_name in ((train_file or default_train, default_train),
+                               (dev_file or default_dev, default_dev)):
+        path = root / name  # an absolute name replaces root
+        if not path.is_file():
+            if path != root / default_name:
+                present = sorted(entry.name for entry in root.glob("*.json")) if root.is_dir() else []
+                raise FileNotFoundError(
+                    f"SQuAD task {task!r}: {path} does not exist (JSON files in {root}: "
+                    f"{', '.join(present) or 'none'}). Only the official {default_name} can be "
+                    "downloaded; check the file name, or pass --data-dir / set "
+                    f"${SQUAD_DIR_ENV} to the folder holding it.")
+            _download_squad_file(task, default_name, root)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _download_squad_file(task: str, name: str, root: Path) -> Path:
+    destination = root / name
+    base = _base_url(SQUAD_BASE_URL_ENV, DEFAULT_SQUAD_BASE_URL)
+    url = f"{base}/{name}"
+    manual_hint = (f"Without network access, fetch {name} elsewhere (SQuAD explorer, "
+                   f"{DEFAULT_SQUAD_BASE_URL}/{name}) and place it at {destination}, or pass "
+                   f"--data-dir / set ${SQUAD_DIR_ENV} to a folder that has it. A mirror can be set "
+                   f"with ${SQUAD_BASE_URL_ENV}.")
+    if _offline():
+        raise FileNotFoundError(
+            f"SQuAD task {task!r}: {destination} does not exist and {OFFLINE_ENV} is set, so it is "
+            f"not downloaded from {url}. {manual_hint} Or unset {OFFLINE_ENV} to download it "
+            "automatically.")
+    root.mkdir(parents=True, exist_ok=True)
+    # A unique temporary name in the same folder, so two runs fetching the same file do not write
+    # into each other's partial file, and os.replace publishes only a complete, checked file.
+    handle, temporary_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=root)
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        log.info("downloading %s into %s", url, root)
+        try:
+            _fetch(url, temporary, manual_hint)
+        except GlueDownloadError as error:  # _fetch is shared with GLUE; the message names the URL
+            raise SquadDownloadError(str(error)) from error
+        with open(temporary, "rb") as file:
+            head = file.read(64)
+        # A proxy or captive portal answers with an HTML page and status 200; keep it out of the
+        # cache, where it would otherwise fail every later run as "not valid JSON".
+        if not head.lstrip().startswith(b"{"):
+            raise SquadDownloadError(f"{url} is not a SQuAD JSON file (it starts with {head!r}); a "
+                                     f"proxy or error page may have answered instead. {manual_hint}")
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return destination
+
+
+@dataclass
+class SquadExample:
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: list[str]  # gold answer texts; several for dev questions, none when is_impossible
+    answer_starts: list[int]  # character offset of each answer in context
+    is_impossible: bool
+
+
+def _squad_error(path: Path, where: str, problem: str) -> ValueError:
+    return ValueError(f"{path}: {where} {problem}. Expected the official SQuAD layout: "
+                      '{"version": ..., "data": [{"title", "paragraphs": [{"context", "qas": [{"id", '
+                      '"question", "answers": [{"text", "answer_start"}], "is_impossible" (v2.0)}]}]}]}.')
+
+
+def _squad_field(path: Path, where: str, record, key: str, kind: type):
+    if not isinstance(record, dict):
+        raise _squad_error(path, where, f"is a {type(record).__name__}, not an object")
+    if key not in record:
+        raise _squad_error(path, where, f"has no {key!r} key (it has {sorted(record)})")
+    value = record[key]
+    # bool is an int subclass, but true is no answer_start.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _squad_error(path, f"{where}.{key}", f"is {type(value).__name__} {value!r:.60}, "
+                           f"expected {kind.__name__}")
+    return value
+
+
+def read_squad(path: str | Path, version_2: bool) -> list[SquadExample]:
+    """Every question of an official SQuAD JSON file, in file order, with its layout checked.
+
+    Each answer must be the text found at its answer_start in the context; v1.1 questions need at
+    least one answer; v2.0 questions need "is_impossible", true exactly when there is no answer (the
+    v2.0 "plausible_answers" are ignored). Question ids must be unique, since predictions are keyed
+    by them. Any violation is a ValueError naming the file and the place, e.g.
+    data[3].paragraphs[2].qas[5].
+    """
+    path = Path(path)
+    version = "2.0" if version_2 else "1.1"
+    try:
+        with open(path, encoding="utf-8") as file:
+            dataset = json.load(file)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({error}); expected an official SQuAD "
+                         f"v{version} file. Download it again.") from error
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
+        raise _squad_error(path, "the top level", "is not an object with a 'data' list")
+    other = "1.1" if version_2 else "2.0"
+    if dataset.get("version") == _SQUAD_VERSION_FIELDS[other]:
+        hint = "--task squad" if version_2 else "--task squad_v2"
+        raise ValueError(f"{path} says \"version\": {dataset['version']!r}, a SQuAD v{other} file, but "
+                         f"it is read as SQuAD v{version}; use {hint} for it, or give a v{version} file.")
+
+    examples: list[SquadExample] = []
+    seen_ids: dict[str, str] = {}
+    for article_index, article in enumerate(dataset["data"]):
+        where = f"data[{article_index}]"
+        title = _squad_field(path, where, article, "title", str)
+        paragraphs = _squad_field(path, where, article, "paragraphs", list)
+        for paragraph_index, paragraph in enumerate(paragraphs):
+            where = f"data[{article_index}].paragraphs[{paragraph_index}]"
+            context = _squad_field(path, where, paragraph, "context", str)
+            qas = _squad_field(path, where, paragraph, "qas", list)
+            for question_index, qa in enumerate(qas):
+                where = f"data[{article_index}].paragraphs[{paragraph_index}].qas[{question_index}]"
+                question_id = _squad_field(path, where, qa, "id", str)
+                question = _squad_field(path, where, qa, "question", str)
+                answers = _squad_field(path, where, qa, "answers", list)
+                texts, starts = [], []
+                for answer_index, answer in enumerate(answers):
+                    answer_where = f"{where}.answers[{answer_index}]"
+                    text = _squad_field(path, answer_where, answer, "text", str)
+                    start = _squad_field(path, answer_where, answer, "answer_start", int)
+                    if context[start:start + len(text)] != text or start < 0:
+                        raise _squad_error(path, answer_where,
+                                           f"(question {question_id}) has text {text!r:.80} but the "
+                                           f"context at answer_start {start} reads "
+                                           f"{context[max(start, 0):max(start, 0) + len(text)]!r:.80}")
+                    texts.append(text)
+                    starts.append(start)
+                if version_2:
+                    is_impossible = _squad_field(path, where, qa, "is_impossible", bool)
+                    if is_impossible == bool(texts):
+                        raise _squad_error(path, where, f"(question {question_id}) has is_impossible "
+                                           f"{str(is_impossible).lower()} but {len(texts)} answer(s); "
+                                           "an unanswerable question has none, others at least one")
+                else:
+                    if qa.get("is_impossible") is True:
+                        raise ValueError(
+                            f"{path}: {where} (question {question_id}) is marked is_impossible, "
+                            "which only SQuAD v2.0 has; this is a v2.0 file read as SQuAD v1.1. Use "
+                            "--task squad_v2 for it.")
+                    if not texts:
+                        raise _squad_error(path, where, f"(question {question_id}) has no answers, "
+                                           "which SQuAD v1.1 requires (for v2.0 data use --task squad_v2)")
+                    is_impossible = False
+                if question_id in seen_ids:
+                    raise _squad_error(path, where, f"repeats question id {question_id!r}, already at "
+                                       f"{seen_ids[question_id]}")
+                seen_ids[question_id] = where
+                examples.append(SquadExample(question_id, title, context, question, texts, starts,
+                                             is_impossible))
+    if not examples:
+        raise _squad_error(path, "the 'data' list", "holds no questions")
+    return examples
+
+
+@dataclass
+class SquadFeatures:
+    """Tokenized SQuAD windows, one row per window; an example with a long context has several.
+
+    encoded: input_ids, token_type_ids and the targets "start_positions" / "end_positions" (token
+        indices of the first gold answer, 0 = the [CLS] / <s> token when the window holds no answer).
+    example_index: the position in the examples list that each window came from.
+    offsets: per token, its (start, end) character span in the example's context; None for question
+        and special tokens, so a span over them is never predicted.
+    """
+    encoded: Encoded
+    example_index: list[int]
+    offsets: list[list[tuple[int, int] | None]]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
+def _cut_long_questions(questions: list[str], tokenizer, longest: int) -> list[str]:
+    """Questions cut to at most `longest` tokens; almost always returned unchanged."""
+    def token_count(text: str) -> int:
+        return len(tokenizer.backend.encode(text, add_special_tokens=False).ids)
+
+    encodings = tokenizer.backend.encode_batch(questions, add_special_tokens=False)
+    cut = list(questions)
+    for index, encoding in enumerate(encodings):
+        if len(encoding.ids) <= longest:
+            continue
+        for keep in range(longest, 0, -1):
+            # Cut after a token's last character, then count again: a BPE prefix can tokenize
+            # into more pieces than it had inside the whole question.
+            cut[index] = questions[index][:encoding.offsets[keep - 1][1]]
+            if token_count(cut[index]) <= longest:
+                break
+        else:
+            raise ValueError(f"question {questions[index]!r:.80} cannot be cut to {longest} tokens")
+    changed = sum(1 for before, after in zip(questions, cut) if before != after)
+    if changed:
+        log.warning("cut %d question(s) to %d tokens, so that each window keeps more than doc_stride "
+                    "context tokens (BERT's run_squad.py cuts questions at 64 tokens for the same reason)",
+                    changed, longest)
+    return cut
+
+
+def squad_features(examples: list[SquadExample], tokenizer, max_length: int = 384, doc_stride: int = 128,
+                   training: bool = True) -> SquadFeatures:
+    """Tokenize (question, context) pairs into windows of at most max_length tokens.
+
+    The question comes first and is kept whole in every window; the context is cut into windows
+    ("only_second" truncation). doc_stride follows the `tokenizers` library and transformers' run_qa.py:
+    it is the number of context tokens that consecutive windows SHARE, not the step between them
+    (BERT's original run_squad.py used it as the step). With the defaults a window holds up to
+    384 - question - 3 context tokens and the next one starts 128 tokens before its end.
+
+    Targets: the token indices of the first gold answer's first and last token when the whole answer
+    lies inside the window's context; otherwise, and for unanswerable questions, 0 and 0 (the [CLS] / <s>
+    position, which the model learns as "no answer here"). training only documents the call site:
+    evaluation also needs every window, and its targets come free from the dev gold answers, so the
+    output is the same either way.
+    """
+    del training  # see the docstring: windows and targets do not depend on it
+    if doc_stride < 0 or doc_stride >= max_length:
+        raise ValueError(f"doc_stride {doc_stride} must be in [0, max_length={max_length}); it is the "
+                         "number of tokens consecutive windows share")
+    special_tokens = tokenizer.backend.num_special_tokens_to_add(True)
+    # tokenizers panics (PanicException, not an Exception subclass) unless every window keeps more than
+    # doc_stride context tokens, so a question may take at most what is left.
+    longest_question = max_length - special_tokens - doc_stride - 1
+    if longest_question < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for a question after {special_tokens} "
+                         f"special tokens and more than doc_stride={doc_stride} context tokens; raise "
+                         "max_length or lower doc_stride")
+    # Some SQuAD questions start with runs of spaces. WordPiece drops them anyway, but byte-level BPE
+    # (RoBERTa) turns each into a token that takes a context token's place in every window.
+    questions = _cut_long_questions([example.question.lstrip() for example in examples], tokenizer,
+                                    longest_question)
+    contexts = [example.context for example in examples]
+    encodings = tokenizer.encode_batch(questions, contexts, max_length=max_length,
+                                       truncation="only_second", stride=doc_stride)
+
+    input_ids, token_type_ids, example_index, all_offsets = [], [], [], []
+    start_positions, end_positions = [], []
+    for index, (example, encoding) in enumerate(zip(examples, encodings)):
+        for window in [encoding, *encoding.overflowing]:
+            if window.ids[0] != tokenizer.cls_token_id:
+                raise ValueError(f"{tokenizer.source}: windows must start with the classification "
+                                 f"token (id {tokenizer.cls_token_id}), the \"no answer\" position; "
+                                 f"found id {window.ids[0]}")
+            offsets = [tuple(span) if sequence == 1 else None
+                       for span, sequence in zip(window.offsets, window.sequence_ids)]
+            start_token = end_token = 0
+            if example.answers:
+                answer_start = example.answer_starts[0]
+                answer_end = answer_start + len(example.answers[0])
+                context_tokens = [t for t, span in enumerate(offsets) if span is not None]
+                if (context_tokens and offsets[context_tokens[0]][0] <= answer_start
+                        and offsets[context_tokens[-1]][1] >= answer_end):
+                    # First token ending after the answer's start, last token starting before its
+                    # end: spaces at either edge of an answer then map to no token of their own.
+                    start_token = next(t for t in context_tokens if offsets[t][1] > answer_start)
+                    end_token = max(t for t in context_tokens if offsets[t][0] < answer_end)
+                    if end_token < start_token:  # the answer is only characters the tokenizer drops
+                        start_token = end_token = 0
+            input_ids.append(window.ids)
+            token_type_ids.append(window.type_ids)
+            example_index.append(index)
+            all_offsets.append(offsets)
+            start_positions.append(start_token)
+            end_positions.append(end_token)
+    encoded = Encoded(input_ids, token_type_ids,
+                      {"start_positions": start_positions, "end_positions": end_positions})
+    return SquadFeatures(encoded, example_index, all_offsets)
+
+
+def squad_predictions(examples: list[SquadExample], features: SquadFeatures, start_logits, end_logits,
+                      n_best: int = 20, max_answer_length: int = 30, version_2: bool = False,
+                      null_threshold: float = 0.0) -> tuple[dict[str, str], dict[str, float]]:
+    """Answer text per question id from the model's start/end logits, and the no-answer score diffs.
+
+    start_logits, end_logits: arrays (num_features, width) in feature order; columns past a feature's
+    own length are padding and ignored. For each example, over all its windows, the n_best highest
+    start and end tokens are paired; a pair counts when both tokens are context tokens, end >= start
+    and the span has at most max_answer_length tokens. Its score is start + end logit, its text the
+    context between the start token's first and the end token's last character.
+
+    The null score is the lowest start[0] + end[0] over the example's windows (a window that cannot
+    see the answer says "no answer" most loudly, so the least confident one is used, as in BERT's
+    run_squad.py). na_probs[id] = null score - best span score; SQuAD v2.0 predicts "" when it
+    exceeds null_threshold. The diffs are what squad_eval's --na-prob-file / evaluate_v2(na_probs=...)
+    take. To let squad_eval search the best threshold, predict with null_threshold=math.inf (no answer
+    blanked here) and evaluate with na_prob_thresh=t: that scores the same as blanking at t here.
+    Without any valid span the answer is "" and its diff math.inf (json writes Infinity, which
+    Python's json and squad_eval read back).
+    """
+    start_logits = np.asarray(start_logits, dtype=np.float64)
+    end_logits = np.asarray(end_logits, dtype=np.float64)
+    longest = max((len(offsets) for offsets in features.offsets), default=0)
+    for name, logits in (("start_logits", start_logits), ("end_logits", end_logits)):
+        if logits.ndim != 2 or logits.shape[0] != len(features) or logits.shape[1] < longest:
+            raise ValueError(f"{name} has shape {logits.shape}; expected ({len(features)}, >= {longest}): "
+                             "one row per feature, in feature order, as wide as the longest feature")
+    windows_of: list[list[int]] = [[] for _ in examples]
+    for feature, index in enumerate(features.example_index):
+        if index >= len(examples):
+            raise ValueError(f"feature {feature} belongs to example {index}, but only {len(examples)} "
+                             "examples were given; pass the list squad_features was built from")
+        windows_of[index].append(feature)
+
+    predictions: dict[str, str] = {}
+    na_probs: dict[str, float] = {}
+    without_span: list[str] = []
+    for example, windows in zip(examples, windows_of):
+        if not windows:
+            raise ValueError(f"example {example.id} has no feature; pass the examples list and the "
+                             "SquadFeatures built from it, unshortened")
+        null_score = math.inf
+        best_score, best_text = -math.inf, None
+        for feature in windows:
+            offsets = features.offsets[feature]
+            starts = start_logits[feature, :len(offsets)]
+            ends = end_logits[feature, :len(offsets)]
+            null_score = min(null_score, starts[0] + ends[0])
+            # Stable sort, so among equal logits the earlier token wins.
+            top_ends = np.argsort(-ends, kind="stable")[:n_best]
+            for start in np.argsort(-starts, kind="stable")[:n_best]:
+                if offsets[start] is None:
+                    continue
+                for end in top_ends:
+                    if offsets[end] is None or end < start or end - start + 1 > max_answer_length:
+                        continue
+                    score = starts[start] + ends[end]
+                    if score > best_score:
+                        best_score = score
+                        best_text = example.context[offsets[start][0]:offsets[end][1]]
+        if best_text is None:
+            without_span.append(example.id)
+            predictions[example.id], na_probs[example.id] = "", math.inf
+            continue
+        na_probs[example.id] = float(null_score - best_score)
+        blank = version_2 and na_probs[example.id] > null_threshold
+        predictions[example.id] = "" if blank else best_text
+    if without_span and not version_2:
+        log.warning("%d of %d SQuAD v1.1 question(s) got no valid span among the top %d start and end "
+                    "tokens and are answered \"\" (first: %s)", len(without_span), len(examples), n_best,
+                    without_span[0])
+    return predictions, na_probs
