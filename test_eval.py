@@ -484,3 +484,127 @@ def test_cli_bad_na_prob_file_and_out_file(tmp_path: Path) -> None:
     completed = run_cli(data, predictions, "--out-file", tmp_path / "no_such_folder" / "eval.json")
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
     assert "cannot write the metrics" in completed.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# GLUE: the predictions-file command line
+
+
+def write_glue_predictions(path: Path, predictions: list[str], header: str = "index\tprediction") -> Path:
+    path.write_text(header + "\n" + "".join(f"{index}\t{value}\n" for index, value in enumerate(predictions)),
+                    encoding="utf-8")
+    return path
+
+
+def gold_label_names(task: str, glue_dir: Path) -> tuple[list[str], tuple[str, ...]]:
+    import data
+
+    names = data.GLUE_TASKS[task].label_names
+    return [names[example.label] for example in data.read_glue(task, "dev", glue_dir)], names
+
+
+def test_glue_cli_gold_predictions_score_100_on_real_rte(tmp_path: Path, glue_dir: Path) -> None:
+    gold, _ = gold_label_names("rte", glue_dir)
+    assert len(gold) == 277  # RTE dev as distributed by GLUE
+    predictions = write_glue_predictions(tmp_path / "rte.tsv", gold)
+    out_file = tmp_path / "metrics.json"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_DIR / "glue_eval.py"), "rte", str(predictions), "--data-dir", str(glue_dir),
+         "--json-out", str(out_file)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == {"accuracy": 100.0}
+    assert json.loads(out_file.read_text()) == {"accuracy": 100.0}
+
+
+def test_glue_predictions_flipped_score_0_and_order_is_by_index(tmp_path: Path, glue_dir: Path) -> None:
+    gold, names = gold_label_names("rte", glue_dir)
+    flipped = [names[1 - names.index(label)] for label in gold]
+    predictions = write_glue_predictions(tmp_path / "rte.tsv", flipped)
+    assert glue_eval.evaluate_predictions_file("rte", predictions, data_dir=glue_dir) == {"accuracy": 0.0}
+
+    # Rows may come in any order: the index, not the line, says which example a prediction is for.
+    rows = [f"{index}\t{label}\n" for index, label in enumerate(gold)]
+    reordered = tmp_path / "reordered.tsv"
+    reordered.write_text("index\tprediction\n" + "".join(reversed(rows)), encoding="utf-8")
+    assert glue_eval.main(["rte", str(reordered), "--data-dir", str(glue_dir)]) == {"accuracy": 100.0}
+
+
+def test_glue_predictions_stsb_floats(tmp_path: Path, glue_dir: Path) -> None:
+    import data
+
+    scores = [example.label for example in data.read_glue("stsb", "dev", glue_dir)]
+    exact = write_glue_predictions(tmp_path / "exact.tsv", [repr(score) for score in scores])
+    metrics = glue_eval.evaluate_predictions_file("stsb", exact, split="dev", data_dir=glue_dir)
+    assert list(metrics) == ["pearson", "spearman"]
+    assert metrics["pearson"] == pytest.approx(100.0) and metrics["spearman"] == pytest.approx(100.0)
+    # 5 - score reverses the ranking: both correlations are -100.
+    reversed_scores = write_glue_predictions(tmp_path / "reversed.tsv", [str(5 - score) for score in scores])
+    metrics = glue_eval.evaluate_predictions_file("stsb", reversed_scores, data_dir=glue_dir)
+    assert metrics["pearson"] == pytest.approx(-100.0) and metrics["spearman"] == pytest.approx(-100.0)
+
+
+def test_read_predictions_label_names_to_class_ids(tmp_path: Path) -> None:
+    path = write_glue_predictions(tmp_path / "p.tsv", ["neutral", "contradiction", "entailment"])
+    assert glue_eval.read_predictions(path, ("contradiction", "entailment", "neutral"), 3) == [2, 0, 1]
+
+
+BAD_PREDICTIONS = {
+    # case: (file body after the header, or a full file when header is given; expected message)
+    "unknown label": ("0\tentailment\n1\tmaybe\n2\tentailment\n", "line 3: unknown label 'maybe'"),
+    "class id instead of name": ("0\t0\n1\t1\n2\t0\n", "line 2: unknown label '0'"),
+    "duplicate index": ("0\tentailment\n1\tentailment\n1\tentailment\n",
+                        "line 4: index 1 is duplicated (first given on line 3)"),
+    "missing index": ("0\tentailment\n2\tentailment\n", "1 of 3 dev examples have no prediction (missing indices: 1)"),
+    "extra index": ("0\tentailment\n1\tentailment\n2\tentailment\n3\tentailment\n",
+                    "line 5: index 3 is out of range"),
+    "negative index": ("-1\tentailment\n", "line 2: index '-1' is not a non-negative integer"),
+    "one field": ("0\tentailment\n1 entailment\n", "line 3 has 1 tab-separated field(s), expected 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PREDICTIONS))
+def test_read_predictions_errors_name_file_and_line(tmp_path: Path, case: str) -> None:
+    body, expected_message = BAD_PREDICTIONS[case]
+    path = tmp_path / "preds.tsv"
+    path.write_text("index\tprediction\n" + body, encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        glue_eval.read_predictions(path, ("entailment", "not_entailment"), 3)
+    assert str(path) in str(raised.value) and expected_message in str(raised.value)
+
+
+@pytest.mark.parametrize("header", ["idx\tprediction", "index\tlabel", "0\tentailment", ""])
+def test_read_predictions_rejects_wrong_header(tmp_path: Path, header: str) -> None:
+    path = tmp_path / "preds.tsv"
+    path.write_text(header + "\n" if header else "", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1 must be the header 'index<TAB>prediction'"):
+        glue_eval.read_predictions(path, ("entailment", "not_entailment"), 1)
+
+
+@pytest.mark.parametrize("value", ["high", "nan", "inf"])
+def test_read_predictions_regression_needs_finite_numbers(tmp_path: Path, value: str) -> None:
+    path = write_glue_predictions(tmp_path / "stsb.tsv", ["1.5", value])
+    with pytest.raises(ValueError, match=f"line 3: prediction '{value}' is not"):
+        glue_eval.read_predictions(path, None, 2)
+
+
+def test_glue_cli_bad_line_is_one_clear_error(tmp_path: Path, glue_dir: Path) -> None:
+    gold, _ = gold_label_names("rte", glue_dir)
+    gold[9] = "yes"  # written on line 11: the header is line 1, index 0 line 2
+    predictions = write_glue_predictions(tmp_path / "bad.tsv", gold)
+    completed = subprocess.run(
+        [sys.executable, str(REPO_DIR / "glue_eval.py"), "rte", str(predictions), "--data-dir", str(glue_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode != 0 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines() == [
+        f"error: {predictions}: line 11: unknown label 'yes'; expected one of the label names 'entailment', "
+        "'not_entailment'"
+    ]
+
+
+def test_glue_cli_split_must_belong_to_the_task(tmp_path: Path) -> None:
+    predictions = write_glue_predictions(tmp_path / "p.tsv", ["entailment"])
+    with pytest.raises(SystemExit, match="'dev_matched' is not a dev split of GLUE task 'rte'"):
+        glue_eval.main(["rte", str(predictions), "--split", "dev_matched", "--data-dir", str(tmp_path)])

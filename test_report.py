@@ -1,0 +1,319 @@
+"""Tests for report.py: markdown tables from synthetic run.py results.json records (exact lines), the
+mean ± sample-std arithmetic, which runs count, format errors that name the file and key, folder
+recursion, and the command line."""
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import report
+
+REPO_DIR = Path(__file__).resolve().parent
+HEADER_RTE = "| task | method | mode | schedule | lr | rte acc | seeds | updated params | reduction | minutes/run |"
+RULE_RTE = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+
+
+def make_results(task: str = "rte", mode: str = "pt", method: str = "full", schedule: str = "shrink",
+                 finals: list[dict] | None = None, statuses: list[str] | None = None,
+                 wall_seconds: list[float] | None = None, lr: float = 2e-5,
+                 model: str = "google-bert/bert-base-uncased",
+                 updated_params: float = 6.8e7, reduction: float = 0.22,
+                 majority_baseline: dict | None = None, **settings_extra: object) -> dict:
+    """A results record in the shape run.py writes (format_version 1); one run per entry of finals."""
+    if finals is None:
+        finals = [{"rte": {"accuracy": 60.0}}, {"rte": {"accuracy": 62.0}}, {"rte": {"accuracy": 61.0}}]
+    statuses = statuses or ["complete"] * len(finals)
+    wall_seconds = wall_seconds or [180.0] * len(finals)
+    runs = []
+    for seed, (final, status, seconds) in enumerate(zip(finals, statuses, wall_seconds), start=1):
+        run = {"seed": seed, "status": status,
+               "epochs": [{"epoch": 1, "stage": 1, "trainable_blocks": [0, 1], "train_loss": 0.69,
+                           "metrics": final, "wall_seconds": seconds}],
+               "wall_seconds": seconds}
+        if status == "complete":
+            run["final"] = final
+        runs.append(run)
+    settings = {"task": task, "mode": mode, "method": method, "schedule": schedule, "model": model,
+                "epochs": 3, "stages": 3, "lr": lr, "batch_size": 32, "seeds": list(range(1, len(finals) + 1)),
+                "freeze_embeddings": False, "limit_train": None, "limit_eval": None, **settings_extra}
+    return {
+        "kind": "progtuning-results", "format_version": 1, "settings": settings, "main_metric": "accuracy",
+        "total_params": 109_483_778, "trainable_params": 109_483_778,
+        "updated_params_per_epoch": [updated_params / 3] * 3, "updated_params": updated_params,
+        "baseline_updated_params": updated_params / (1 - reduction) if reduction < 1 else 0,
+        "reduction": reduction,
+        "majority_baseline": majority_baseline if majority_baseline is not None else {"rte": {"accuracy": 52.7}},
+        "runs": runs,
+        "summary": {},
+        "environment": {"torch": "2.x"},
+    }
+
+
+def write_results(folder: Path, record: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    return path
+
+
+def report_lines(paths: list[Path], baseline: bool = False) -> list[str]:
+    rows = []
+    for path in paths:
+        row, _ = report.load_results(path, need_baseline=baseline)
+        assert row is not None
+        rows.append(row)
+    return report.render_report(rows, baseline=baseline).splitlines()
+
+
+def test_single_file_gives_exact_markdown(tmp_path: Path) -> None:
+    path = write_results(tmp_path / "pt", make_results())
+    # Accuracies 60, 62, 61: mean 61.0, sample std sqrt(((-1)² + 1² + 0²) / 2) = 1.0.
+    assert report_lines([path]) == [
+        "### rte (bert-base-uncased)",
+        "",
+        HEADER_RTE,
+        RULE_RTE,
+        "| rte | full | pt | shrink | 2e-05 | 61.0 ± 1.0 | 3 | 68.0M | 22.0% | 3.0 |",
+    ]
+
+
+def test_rows_sorted_by_method_mode_schedule_with_baseline_row(tmp_path: Path) -> None:
+    records = {
+        "lora-pt-grow": make_results(method="lora", schedule="grow", updated_params=1.2e6, reduction=0.5),
+        "full-pt-grow": make_results(schedule="grow", reduction=0.5),
+        "full-pt-no-low": make_results(schedule="no-low", reduction=0.4),
+        "full-ft": make_results(mode="ft", schedule="shrink", updated_params=8.7e7, reduction=0.0),
+        "full-pt-shrink": make_results(),
+        "adapter-ft": make_results(method="adapter", mode="ft", updated_params=5.4e6, reduction=0.0),
+    }
+    paths = [write_results(tmp_path / name, record) for name, record in records.items()]
+    lines = report_lines(paths, baseline=True)
+    assert lines[2:] == [
+        HEADER_RTE,
+        RULE_RTE,
+        "| rte | majority class | — | — | — | 52.7 | — | — | — | — |",
+        "| rte | full | ft | — | 2e-05 | 61.0 ± 1.0 | 3 | 87.0M | — | 3.0 |",
+        "| rte | full | pt | shrink | 2e-05 | 61.0 ± 1.0 | 3 | 68.0M | 22.0% | 3.0 |",
+        "| rte | full | pt | no-low | 2e-05 | 61.0 ± 1.0 | 3 | 68.0M | 40.0% | 3.0 |",
+        "| rte | full | pt | grow | 2e-05 | 61.0 ± 1.0 | 3 | 68.0M | 50.0% | 3.0 |",
+        "| rte | adapter | ft | — | 2e-05 | 61.0 ± 1.0 | 3 | 5.4M | — | 3.0 |",
+        "| rte | lora | pt | grow | 2e-05 | 61.0 ± 1.0 | 3 | 1.2M | 50.0% | 3.0 |",
+    ]
+
+
+def test_mixed_tasks_get_one_table_each_with_their_metrics(tmp_path: Path) -> None:
+    mnli = make_results(task="mnli", finals=[{"mnli-m": {"accuracy": 84.0}, "mnli-mm": {"accuracy": 83.0}},
+                                             {"mnli-m": {"accuracy": 85.0}, "mnli-mm": {"accuracy": 84.0}}],
+                        majority_baseline={"mnli-m": {"accuracy": 35.4}, "mnli-mm": {"accuracy": 35.2}})
+    # MRPC's F1 comes before accuracy even though the record lists accuracy first.
+    mrpc = make_results(task="mrpc", mode="ft", reduction=0.0, finals=[{"mrpc": {"accuracy": 85.0, "f1": 89.5}}],
+                        majority_baseline={"mrpc": {"f1": 81.2, "accuracy": 68.4}})
+    squad = make_results(task="squad_v2", mode="ft", reduction=0.0, wall_seconds=[5400.0],
+                         majority_baseline={"squad_v2": {"exact": 50.1, "f1": 50.1}}, finals=[
+        {"squad_v2": {"exact": 72.5, "f1": 74.5, "HasAns_exact": 70.0, "HasAns_f1": 75.0, "total": 11873}}])
+    stsb = make_results(task="stsb", model="/models/roberta-base/",
+                        majority_baseline={"stsb": {"pearson": float("nan"), "spearman": float("nan")}}, finals=[
+        {"stsb": {"pearson": 88.0, "spearman": 87.0}}, {"stsb": {"pearson": 89.0, "spearman": 88.0}}])
+    paths = [write_results(tmp_path / name, record)
+             for name, record in {"stsb": stsb, "squad": squad, "mrpc": mrpc, "mnli": mnli}.items()]
+    # A second STS-B file, for the baseline row: its nan baseline must not repeat the row.
+    stsb_ft = write_results(tmp_path / "stsb-ft", dict(stsb, settings=dict(stsb["settings"], mode="ft")))
+    with_baseline = report_lines(paths + [stsb_ft], baseline=True)
+    assert "| squad_v2 | always no answer | — | — | — | 50.1 | 50.1 | — | — | — | — |" in with_baseline
+    assert "| mnli | majority class | — | — | — | 35.4 | 35.2 | — | — | — | — |" in with_baseline
+    # A constant regressor has no correlation: run.py stores nan (json writes NaN), shown as is.
+    assert with_baseline.count("| stsb | majority class | — | — | — | nan | nan | — | — | — | — |") == 1
+    assert report_lines(paths) == [
+        "### mnli (bert-base-uncased)",
+        "",
+        "| task | method | mode | schedule | lr | mnli-m acc | mnli-mm acc | seeds | updated params | reduction "
+        "| minutes/run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        # Sample std of two values a, b is |a - b| / sqrt(2) = 0.707.
+        "| mnli | full | pt | shrink | 2e-05 | 84.5 ± 0.7 | 83.5 ± 0.7 | 2 | 68.0M | 22.0% | 3.0 |",
+        "",
+        "### mrpc (bert-base-uncased)",
+        "",
+        "| task | method | mode | schedule | lr | mrpc F1 | mrpc acc | seeds | updated params | reduction "
+        "| minutes/run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mrpc | full | ft | — | 2e-05 | 89.5 | 85.0 | 1 | 68.0M | — | 3.0 |",
+        "",
+        "### squad_v2 (bert-base-uncased)",
+        "",
+        "| task | method | mode | schedule | lr | squad_v2 EM | squad_v2 F1 | seeds | updated params | reduction "
+        "| minutes/run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| squad_v2 | full | ft | — | 2e-05 | 72.5 | 74.5 | 1 | 68.0M | — | 90.0 |",
+        "",
+        "### stsb (roberta-base)",
+        "",
+        "| task | method | mode | schedule | lr | stsb Pearson | stsb Spearman | seeds | updated params | reduction "
+        "| minutes/run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| stsb | full | pt | shrink | 2e-05 | 88.5 ± 0.7 | 87.5 ± 0.7 | 2 | 68.0M | 22.0% | 3.0 |",
+    ]
+
+
+def test_mean_and_sample_std_are_recomputed_not_copied(tmp_path: Path) -> None:
+    values = [58.2, 61.7, 59.9, 60.4, 57.1]
+    record = make_results(finals=[{"rte": {"accuracy": value}} for value in values],
+                          wall_seconds=[60.0, 120.0, 90.0, 30.0, 150.0])
+    record["summary"] = {"rte": {"accuracy": {"mean": 99.0, "std": 0.0, "n": 5}}}  # stale: must be ignored
+    row, notes = report.load_results(write_results(tmp_path, record))
+    summary = row.scores["rte"]["accuracy"]
+    mean = sum(values) / 5
+    assert summary.mean == pytest.approx(mean)
+    assert summary.std == pytest.approx(math.sqrt(sum((value - mean) ** 2 for value in values) / 4))  # ddof=1
+    assert summary.n == 5 and row.runs_used == 5
+    assert row.wall_minutes == pytest.approx(1.5)
+    assert len(notes) == 1 and "summary.rte.accuracy.mean is 99.0" in notes[0]
+
+
+def test_summarize_single_value_has_no_std_and_shows_no_plus_minus() -> None:
+    single = report.summarize([61.04])
+    assert single.std is None and single.n == 1
+    assert report.format_score(single) == "61.0"
+    assert report.format_score(report.summarize([60.0, 61.0])) == "60.5 ± 0.7"
+
+
+def test_incomplete_runs_are_left_out_and_noted(tmp_path: Path) -> None:
+    record = make_results(finals=[{"rte": {"accuracy": 60.0}}, {"rte": {"accuracy": 10.0}},
+                                  {"rte": {"accuracy": 62.0}}, {"rte": {"accuracy": 20.0}}],
+                          statuses=["complete", "running", "complete", "interrupted"],
+                          wall_seconds=[120.0, 1.0, 240.0, 1.0])
+    path = write_results(tmp_path, record)
+    row, notes = report.load_results(path)
+    assert row.runs_used == 2
+    assert row.scores["rte"]["accuracy"] == report.MetricSummary(mean=61.0, std=pytest.approx(math.sqrt(2)), n=2)
+    assert row.wall_minutes == pytest.approx(3.0)
+    assert notes == [f"{path}: left out run 1 (seed 2), status 'running'",
+                     f"{path}: left out run 3 (seed 4), status 'interrupted'"]
+
+
+def test_file_without_complete_run_is_skipped(tmp_path: Path) -> None:
+    path = write_results(tmp_path, make_results(statuses=["running", "interrupted", "running"]))
+    row, notes = report.load_results(path)
+    assert row is None and notes[-1] == f"{path}: skipped, no run is complete"
+
+
+MISSING_KEY_CASES = {
+    # case: (edit to the record, the dotted key the error must name)
+    "settings.task": (lambda record: record["settings"].pop("task"), "settings.task"),
+    "settings.lr": (lambda record: record["settings"].pop("lr"), "settings.lr"),
+    "updated_params": (lambda record: record.pop("updated_params"), "updated_params"),
+    "runs": (lambda record: record.pop("runs"), "runs"),
+    "final of a complete run": (lambda record: record["runs"][1].pop("final"), "runs[1].final"),
+    "metric in final": (lambda record: record["runs"][2]["final"]["rte"].pop("accuracy"),
+                        "runs[2].final.rte.accuracy"),
+    "wall_seconds": (lambda record: record["runs"][0].pop("wall_seconds"), "runs[0].wall_seconds"),
+    "schedule of a pt run": (lambda record: record["settings"].pop("schedule"), "settings.schedule"),
+    "majority baseline metric": (lambda record: record["majority_baseline"]["rte"].pop("accuracy"),
+                                 "majority_baseline.rte.accuracy"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISSING_KEY_CASES))
+def test_missing_key_error_names_file_and_key(tmp_path: Path, case: str) -> None:
+    edit, key = MISSING_KEY_CASES[case]
+    record = copy.deepcopy(make_results())
+    edit(record)
+    path = write_results(tmp_path, record)
+    with pytest.raises(report.ResultsFormatError) as raised:
+        report.load_results(path, need_baseline=True)
+    assert str(raised.value).startswith(f"{path}: missing key '{key}'")
+
+
+WRONG_VALUE_CASES = {
+    "kind": (lambda record: record.update(kind="something-else"), "'kind' is 'something-else'"),
+    "format_version": (lambda record: record.update(format_version=2), "format_version is 2"),
+    "lr not a number": (lambda record: record["settings"].update(lr="2e-5"), "key 'settings.lr' is '2e-5'"),
+    "mode": (lambda record: record["settings"].update(mode="progressive"), "settings.mode is 'progressive'"),
+    "schedule": (lambda record: record["settings"].update(schedule="shrinking"),
+                 "settings.schedule is 'shrinking'"),
+    "status": (lambda record: record["runs"][0].update(status="done"), "runs[0].status is 'done'"),
+    "reduction in percent": (lambda record: record.update(reduction=22.0), "'reduction' is 22.0"),
+    "unknown dev set": (lambda record: [run["final"].update(wnli={"accuracy": 50.0}) for run in record["runs"]],
+                        "unknown dev set 'wnli'"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_VALUE_CASES))
+def test_wrong_value_error_names_file_and_value(tmp_path: Path, case: str) -> None:
+    edit, message = WRONG_VALUE_CASES[case]
+    record = make_results()
+    edit(record)
+    path = write_results(tmp_path, record)
+    with pytest.raises(report.ResultsFormatError) as raised:
+        report.load_results(path)
+    assert str(raised.value).startswith(f"{path}: ") and message in str(raised.value)
+
+
+def test_majority_baseline_needed_only_with_baseline(tmp_path: Path) -> None:
+    record = make_results()
+    del record["majority_baseline"]
+    path = write_results(tmp_path, record)
+    row, _ = report.load_results(path)
+    assert row is not None
+    with pytest.raises(report.ResultsFormatError, match="missing key 'majority_baseline'"):
+        report.load_results(path, need_baseline=True)
+
+
+def test_subset_runs_are_marked_with_a_footnote(tmp_path: Path) -> None:
+    path = write_results(tmp_path, make_results(limit_train=1000, limit_eval=None))
+    lines = report_lines([path])
+    assert lines[4] == "| rte | full† | pt | shrink | 2e-05 | 61.0 ± 1.0 | 3 | 68.0M | 22.0% | 3.0 |"
+    assert lines[5:] == ["", f"† {path}: limit_train=1000 (a subset of the data; not comparable with the paper)"]
+
+
+def test_folders_are_searched_recursively_and_each_file_counted_once(tmp_path: Path) -> None:
+    first = write_results(tmp_path / "runs" / "rte" / "pt-shrink", make_results())
+    second = write_results(tmp_path / "runs" / "deeper" / "still" / "ft", make_results(mode="ft"))
+    (tmp_path / "runs" / "rte" / "notes.json").write_text("{}")  # not a results.json: ignored
+    found = report.find_results_files([tmp_path / "runs", first])
+    assert sorted(found) == sorted([first, second])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(report.ResultsFormatError, match="no results.json anywhere under the folder"):
+        report.find_results_files([tmp_path / "empty"])
+
+
+def test_sort_orders_match_progtuning() -> None:
+    progtuning = pytest.importorskip("progtuning")
+    assert report.METHOD_ORDER == progtuning.METHODS
+    assert report.SCHEDULE_ORDER == progtuning.SCHEDULES
+
+
+def test_cli_writes_report_and_notes_incomplete_runs(tmp_path: Path) -> None:
+    write_results(tmp_path / "runs" / "a", make_results())
+    write_results(tmp_path / "runs" / "b", make_results(mode="ft", statuses=["running"] * 3))
+    out_file = tmp_path / "table.md"
+    completed = subprocess.run(
+        [sys.executable, str(REPO_DIR / "report.py"), str(tmp_path / "runs"), "--baseline", "--out", str(out_file)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ""
+    assert out_file.read_text().splitlines()[4:] == [
+        "| rte | majority class | — | — | — | 52.7 | — | — | — | — |",
+        "| rte | full | pt | shrink | 2e-05 | 61.0 ± 1.0 | 3 | 68.0M | 22.0% | 3.0 |",
+    ]
+    assert "skipped, no run is complete" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    record = make_results()
+    del record["settings"]["method"]
+    path = write_results(tmp_path, record)
+    with pytest.raises(SystemExit) as raised:
+        report.main([str(path)])
+    assert str(raised.value).startswith(f"error: {path}: missing key 'settings.method'")
+    only_incomplete = write_results(tmp_path / "x", make_results(statuses=["interrupted"] * 3))
+    with pytest.raises(SystemExit, match="has a complete run; nothing to report"):
+        report.main([str(only_incomplete)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        report.main([str(tmp_path / "nowhere.json")])
