@@ -136,6 +136,8 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
         raise ResultsFormatError(f"{path}: expected a JSON object (a run.py results record), found "
                                  f"{type(record).__name__}")
     kind = _require(record, "kind", path, "", "a string", repr(RESULTS_KIND))
+    if kind == "progtuning-count":  # a --count-only plan: counts, no training, nothing to tabulate
+        return None, [f"note: {path}: a --count-only plan, not a training record; left out"]
     if kind != RESULTS_KIND:
         raise ResultsFormatError(f"{path}: 'kind' is {kind!r}; expected {RESULTS_KIND!r} (a results.json "
                                  "written by run.py)")

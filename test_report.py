@@ -317,3 +317,10 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
         report.main([str(only_incomplete)])
     with pytest.raises(SystemExit, match="does not exist"):
         report.main([str(tmp_path / "nowhere.json")])
+
+
+def test_count_only_plans_are_left_out_with_a_note(tmp_path):
+    plan = tmp_path / "results.json"
+    plan.write_text(json.dumps({"kind": "progtuning-count", "format_version": 1}))
+    row, notes = report.load_results(plan)
+    assert row is None and "--count-only" in notes[0]

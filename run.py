@@ -1,0 +1,991 @@
+"""run.py: fine-tune a BERT/RoBERTa encoder on a GLUE task or SQuAD with plain fine-tuning (`--mode ft`) or
+Progtuning (`--mode pt`), for full fine-tuning or a PEFT method, and leave a record that survives.
+
+    python run.py --task rte --mode pt
+    python run.py --task rte --mode pt --method lora --model roberta-base
+    python run.py --task squad_v2 --mode pt --train-file train-v2.0.json
+    python run.py --task rte --mode pt --epochs 3 --model DIR --count-only   # plan: parameter counts only
+
+Reading order:
+  PRESETS, Settings, parse_args      the paper's recipes (SPEC.md section 5) and the command line
+  load_task_data                     tokenize once per run (GLUE pairs, SQuAD windows)
+  train_one_seed                     the single training loop: stage -> lr -> forward -> backward -> step
+  evaluate_glue, evaluate_squad      dev-set metrics, predictions files
+  save_checkpoint, load_checkpoint   one safetensors file per seed, written atomically
+  main                               seeds, results.json, mean ± std
+
+Layout of a run (default --output-dir runs/<task>-<mode>-<method>[-<schedule>]):
+  results.json               settings, parameter counts, every epoch's metrics, per-seed and mean ± std
+  seed-<k>/log.jsonl         one JSON line per progress report, epoch and evaluation
+  seed-<k>/checkpoint.safetensors   trainable weights, optimizer, scaler, RNG and position (for --resume)
+  seed-<k>/predictions-*.tsv|json   dev predictions of the last finished epoch
+  seed-<k>/trained.safetensors      with --save-trained: only the parameters that ever trained
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import data
+import glue_eval
+import squad_eval
+from model import Transformer, from_pretrained, load_config, load_tokenizer
+from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, add_method, apply_stage, count_parameters,
+                        plan_stages, stage_diagram, stage_of_step, trainable_names)
+
+GLUE_TASK_NAMES = tuple(data.GLUE_TASKS)
+SQUAD_TASK_NAMES = ("squad", "squad_v2")
+TASKS = GLUE_TASK_NAMES + SQUAD_TASK_NAMES
+RESULTS_KIND = "progtuning-results"
+COUNT_KIND = "progtuning-count"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes (SPEC.md section 5). Every value is a default that a command-line flag overrides.
+# --------------------------------------------------------------------------------------------------
+
+# LoRA for RoBERTa-base (Hu et al. 2021, Table 9): epochs and peak learning rate per task.
+LORA_EPOCHS = {"mnli": 30, "sst2": 60, "mrpc": 30, "cola": 80, "qnli": 25, "qqp": 25, "rte": 80, "stsb": 40}
+LORA_LR = {"mnli": 5e-4, "sst2": 5e-4, "qqp": 5e-4, "rte": 5e-4, "mrpc": 4e-4, "cola": 4e-4, "qnli": 4e-4,
+           "stsb": 4e-4}
+
+
+def preset(task: str, method: str) -> tuple[dict, str]:
+    """The recipe's defaults for a task and method, and where they come from."""
+    squad = task in SQUAD_TASK_NAMES
+    base = {"max_length": 384 if squad else 128, "weight_decay": 0.01, "warmup_ratio": 0.0}
+    if squad:
+        recipe = {"epochs": 3 if task == "squad" else 2, "lr": 3e-5, "batch_size": 12}
+        source = "paper: SQuAD v1.1 3 epochs / v2.0 2 epochs, lr 3e-5, batch 12, max length 384, stride 128"
+        if method != "full":
+            source += f"; no {method} recipe for SQuAD is given, the full fine-tuning one is used"
+    elif method == "full":
+        recipe = {"epochs": 3, "lr": 2e-5, "batch_size": 32}
+        source = "paper: GLUE full fine-tuning, 3 epochs, batch 32, lr 2e-5, max length 128"
+    elif method == "lora":
+        recipe = {"epochs": LORA_EPOCHS[task], "lr": LORA_LR[task], "batch_size": 16, "warmup_ratio": 0.06}
+        source = "LoRA paper (RoBERTa-base): batch 16, r 8, alpha 8, warmup 0.06, per-task epochs and lr"
+    elif method == "adapter":
+        recipe = {"epochs": 3, "lr": 3e-4, "batch_size": 32, "warmup_ratio": 0.1}
+        source = ("Houlsby et al.: batch 32, 10% warmup, bottleneck 64; lr 3e-4 and 3 epochs are our picks "
+                  "from their sweeps (lr 1e-4/3e-4/1e-3, epochs 3/20)")
+    else:  # bitfit
+        recipe = {"epochs": 3, "lr": 1e-3, "batch_size": 32}
+        source = ("BitFit: lr 1e-3 is our pick from its sweep (1e-4/4e-4/7e-4/1e-3); 3 epochs and batch 32 "
+                  "as for full fine-tuning")
+    # weight decay 0.01 is BERT's; the paper does not state one.
+    return {**base, **recipe}, source
+
+
+@dataclass
+class Settings:
+    task: str
+    mode: str = "pt"
+    method: str = "full"
+    schedule: str = "shrink"
+    model: str = "bert-base-uncased"
+    data_dir: str | None = None
+    train_file: str | None = None
+    dev_file: str | None = None
+    epochs: int = 3
+    stages: int = 3
+    lr: float = 2e-5
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 128
+    doc_stride: int = 128
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [1])
+    output_dir: str = ""
+    device: str = "cpu"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    amp: bool = False
+    freeze_embeddings: bool = False
+    adapter_size: int = 64
+    lora_r: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    null_threshold: float = 0.0
+    limit_train: int | None = None
+    limit_eval: int | None = None
+    log_every: int = 50
+    resume: bool = False
+    overwrite: bool = False
+    save_trained: bool = False
+    count_only: bool = False
+    interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
+    preset_source: str = ""
+
+    @property
+    def is_squad(self) -> bool:
+        return self.task in SQUAD_TASK_NAMES
+
+    def method_options(self) -> MethodOptions:
+        return MethodOptions(adapter_size=self.adapter_size, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                             lora_dropout=self.lora_dropout)
+
+    def run_defining(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
+                "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
+                "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
+                "amp")
+        return {k: getattr(self, k) for k in keys}
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(description="Progtuning: progressive fine-tuning of BERT/RoBERTa on GLUE and SQuAD",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--task", required=True, choices=TASKS, help="GLUE task (WNLI is excluded) or squad / squad_v2")
+    g.add_argument("--mode", default="pt", choices=MODES, help="ft: every block every epoch; pt: Progtuning")
+    g.add_argument("--method", default="full", choices=METHODS, help="what trains inside the blocks")
+    g.add_argument("--schedule", default="shrink", choices=SCHEDULES,
+                   help="pt only: shrink (Progtuning), no-low or grow (the paper's ablations)")
+    g.add_argument("--model", default="bert-base-uncased",
+                   help="local Hugging Face folder (config.json + model.safetensors) or hub name")
+    g.add_argument("--data-dir", help="GLUE: folder of task folders (default $GLUE_DIR or ./glue_data); "
+                                      "SQuAD: folder of the JSON files (default $SQUAD_DIR or ./squad)")
+    g.add_argument("--train-file", help="SQuAD: training file name inside --data-dir (default train-v1.1.json / "
+                                        "train-v2.0.json)")
+    g.add_argument("--dev-file", help="SQuAD: dev file name inside --data-dir (default dev-v1.1.json / dev-v2.0.json)")
+    g = p.add_argument_group("recipe (defaults come from the task's and method's preset)")
+    g.add_argument("--epochs", type=int, help="training epochs")
+    g.add_argument("--stages", type=int, help="Progtuning stages T (default: = epochs; otherwise the stages "
+                                              "split the training steps evenly)")
+    g.add_argument("--lr", type=float, help="peak learning rate (linear decay to zero)")
+    g.add_argument("--batch-size", type=int, help="training batch size")
+    g.add_argument("--eval-batch-size", type=int, default=128)
+    g.add_argument("--max-length", type=int, help="tokens per example (GLUE 128, SQuAD 384)")
+    g.add_argument("--doc-stride", type=int, default=128, help="SQuAD: tokens shared by consecutive context windows")
+    g.add_argument("--warmup-ratio", type=float, help="share of steps with linear warmup")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay for matrices (not biases/LayerNorm)")
+    g.add_argument("--freeze-embeddings", action="store_true",
+                   help="beyond the paper: never train E, so backward stops at the lowest trainable block")
+    g = p.add_argument_group("PEFT methods")
+    g.add_argument("--adapter-size", type=int, help="adapter bottleneck m (default 64)")
+    g.add_argument("--lora-r", type=int, help="LoRA rank r (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 8)")
+    g.add_argument("--lora-dropout", type=float, help="LoRA dropout on its input (default 0)")
+    g = p.add_argument_group("runs and records")
+    g.add_argument("--seed", type=int, help="one seed (default 1)")
+    g.add_argument("--seeds", help="several seeds, e.g. 1,2,3: one run each, then mean ± std")
+    g.add_argument("--output-dir", help="default runs/<task>-<mode>-<method>[-<schedule>]")
+    g.add_argument("--resume", action="store_true", help="continue unfinished seeds from their checkpoints")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
+    g.add_argument("--save-trained", action="store_true",
+                   help="write seed-<k>/trained.safetensors with only the parameters that ever trained")
+    g.add_argument("--count-only", action="store_true",
+                   help="print the stage diagram and parameter counts from config.json; load no weights or data")
+    g.add_argument("--limit-train", type=int, help="train on the first N examples (smoke runs)")
+    g.add_argument("--limit-eval", type=int, help="evaluate on the first N dev examples / questions")
+    g.add_argument("--log-every", type=int, default=50, help="progress line every N steps")
+    g.add_argument("--null-threshold", type=float, default=0.0,
+                   help="SQuAD v2.0: answer nothing when null score - best span score exceeds this")
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA, off on CPU)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="autocast: bf16 (or fp16 with loss scaling) on CUDA, default on; bf16 on CPU, default off")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
+    p.add_argument("--interrupt-after-steps", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    def fail(message: str):
+        p.error(message)  # exits with status 2 and the usage line
+
+    if args.mode == "ft" and args.schedule != "shrink":
+        fail(f"--schedule {args.schedule} applies to --mode pt only; plain fine-tuning trains every block")
+    for flag, method in (("adapter_size", "adapter"), ("lora_r", "lora"), ("lora_alpha", "lora"),
+                         ("lora_dropout", "lora")):
+        if getattr(args, flag) is not None and args.method != method:
+            fail(f"--{flag.replace('_', '-')} applies to --method {method}, not --method {args.method}")
+    if args.task not in SQUAD_TASK_NAMES and (args.train_file or args.dev_file):
+        fail("--train-file / --dev-file select SQuAD files; GLUE files are found by task under --data-dir")
+    if args.seed is not None and args.seeds is not None:
+        fail("give --seed or --seeds, not both")
+    try:
+        seeds = [args.seed] if args.seed is not None else (
+            [int(s) for s in args.seeds.split(",")] if args.seeds else [1])
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers such as 1,2,3, got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        fail(f"--seeds has repeated values: {args.seeds}")
+
+    defaults, source = preset(args.task, args.method)
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    epochs = pick(args.epochs, "epochs")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available to PyTorch here")
+    if device != "cpu" and not device.startswith("cuda"):
+        fail(f"--device must be cpu or cuda, got {device!r}")
+    name = f"{args.task}-{args.mode}-{args.method}" + (f"-{args.schedule}" if args.schedule != "shrink" else "")
+    settings = Settings(
+        task=args.task, mode=args.mode, method=args.method, schedule=args.schedule, model=args.model,
+        data_dir=args.data_dir, train_file=args.train_file, dev_file=args.dev_file, epochs=epochs,
+        stages=args.stages if args.stages is not None else epochs, lr=pick(args.lr, "lr"),
+        batch_size=pick(args.batch_size, "batch_size"), eval_batch_size=args.eval_batch_size,
+        max_length=pick(args.max_length, "max_length"), doc_stride=args.doc_stride,
+        warmup_ratio=pick(args.warmup_ratio, "warmup_ratio"), weight_decay=pick(args.weight_decay, "weight_decay"),
+        seeds=seeds, output_dir=args.output_dir or str(Path("runs") / (("count-" if args.count_only else "") + name)),
+        device=device, compile=args.compile if args.compile is not None else device.startswith("cuda"),
+        compile_backend=args.compile_backend, amp=args.amp if args.amp is not None else device.startswith("cuda"),
+        freeze_embeddings=args.freeze_embeddings,
+        adapter_size=args.adapter_size if args.adapter_size is not None else 64,
+        lora_r=args.lora_r if args.lora_r is not None else 8,
+        lora_alpha=args.lora_alpha if args.lora_alpha is not None else 8.0,
+        lora_dropout=args.lora_dropout if args.lora_dropout is not None else 0.0,
+        null_threshold=args.null_threshold, limit_train=args.limit_train, limit_eval=args.limit_eval,
+        log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, save_trained=args.save_trained,
+        count_only=args.count_only, interrupt_after_steps=args.interrupt_after_steps, preset_source=source)
+    checks = [("--epochs", settings.epochs >= 1, settings.epochs, ">= 1"),
+              ("--stages", settings.stages >= 1, settings.stages, ">= 1"),
+              ("--lr", settings.lr > 0, settings.lr, "> 0"),
+              ("--batch-size", settings.batch_size >= 1, settings.batch_size, ">= 1"),
+              ("--eval-batch-size", settings.eval_batch_size >= 1, settings.eval_batch_size, ">= 1"),
+              ("--max-length", settings.max_length >= 8, settings.max_length, ">= 8"),
+              ("--doc-stride", not settings.is_squad or 0 <= settings.doc_stride < settings.max_length // 2,
+               settings.doc_stride,
+               "in [0, --max-length / 2) so each window still holds new context"),
+              ("--warmup-ratio", 0 <= settings.warmup_ratio < 1, settings.warmup_ratio, "in [0, 1)"),
+              ("--weight-decay", settings.weight_decay >= 0, settings.weight_decay, ">= 0"),
+              ("--log-every", settings.log_every >= 1, settings.log_every, ">= 1"),
+              ("--limit-train", settings.limit_train is None or settings.limit_train >= 1, settings.limit_train,
+               ">= 1"),
+              ("--limit-eval", settings.limit_eval is None or settings.limit_eval >= 2, settings.limit_eval,
+               ">= 2 (correlations need two examples)")]
+    for flag, ok, value, expected in checks:
+        if not ok:
+            fail(f"{flag} must be {expected}, got {value}")
+    if settings.mode == "pt" and settings.schedule == "no-low" and settings.stages == 1:
+        fail("--schedule no-low needs at least 2 stages: with one stage it would train no block at all")
+    try:
+        settings.method_options().validate()
+    except ValueError as error:
+        fail(str(error))
+    return settings
+
+
+# --------------------------------------------------------------------------------------------------
+# Model, stages and counts
+# --------------------------------------------------------------------------------------------------
+
+def head_for(settings: Settings) -> tuple[str, int | None]:
+    if settings.is_squad:
+        return "span", None
+    return "classification", data.glue_task(settings.task).num_labels
+
+
+def build_model(settings: Settings, weights: bool = True) -> Transformer:
+    """The pretrained encoder with the task head and the method's modules; weights=False builds it from
+    config.json alone with uninitialised tensors (right names and shapes, for planning and counting)."""
+    head, num_labels = head_for(settings)
+    if weights:
+        model = from_pretrained(settings.model, head=head, num_labels=num_labels)
+    else:
+        config = load_config(settings.model)
+        with _SkipInit():
+            model = Transformer(config, head=head, num_labels=num_labels)
+            add_method(model, settings.method, settings.method_options())
+        return model
+    return add_method(model, settings.method, settings.method_options())
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Counting needs names and shapes, not values: in-place initialisation returns its tensor untouched, so
+    a planning model costs only uninitialised allocations (pages a BERT-large never touches). The meta
+    device would do too, but its first use imports torch._dynamo and sympy, about a second."""
+    INIT_OPS = {"normal_", "uniform_", "zero_", "fill_", "kaiming_uniform_", "trunc_normal_"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.INIT_OPS:
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def plan(settings: Settings, model: Transformer) -> list[list[int]]:
+    return plan_stages(len(model.blocks), settings.stages, settings.mode, settings.schedule)
+
+
+def counts_record(counts) -> dict:
+    return {"total_params": counts.total_params, "trainable_params": counts.trainable_params,
+            "trainable_params_per_stage": counts.trainable_params_per_stage,
+            "updated_params_per_epoch": counts.updated_params_per_epoch, "updated_params": counts.updated_params,
+            "baseline_updated_params": counts.baseline_updated_params, "reduction": counts.reduction}
+
+
+def counts_table(counts, stages: list[list[int]], settings: Settings, steps_per_epoch: int | None) -> str:
+    """Per-epoch table: which stages an epoch spans and how many parameters it updates."""
+    total_steps = (steps_per_epoch or settings.stages) * settings.epochs
+    per = steps_per_epoch or settings.stages
+    lines = [f"{'epoch':>5}  {'stage(s)':<9} {'updated params':>16} {'same method, ft':>16}"]
+    baseline_per_epoch = counts.baseline_updated_params // settings.epochs
+    for epoch, updated in enumerate(counts.updated_params_per_epoch, start=1):
+        first = stage_of_step((epoch - 1) * per, total_steps, settings.stages)
+        last = stage_of_step(epoch * per - 1, total_steps, settings.stages)
+        label = str(first) if first == last else f"{first}-{last}"
+        lines.append(f"{epoch:>5}  {label:<9} {updated:>16,.0f} {baseline_per_epoch:>16,}")
+    lines.append(f"{'total':>5}  {'':<9} {counts.updated_params:>16,.0f} {counts.baseline_updated_params:>16,}")
+    lines.append(f"total params {counts.total_params:,}; ever trainable {counts.trainable_params:,}; "
+                 f"updated params {100 * counts.reduction:.1f}% fewer than the same method without Progtuning")
+    return "\n".join(lines)
+
+
+def count_only(settings: Settings) -> dict:
+    """Plan a run from config.json alone: stage diagram and parameter counts, written to results.json."""
+    start = time.perf_counter()
+    model = build_model(settings, weights=False)
+    stages = plan(settings, model)
+    counts = count_parameters(model, stages, settings.method, settings.epochs,
+                              freeze_embeddings=settings.freeze_embeddings)
+    seconds = time.perf_counter() - start
+    print(stage_diagram(stages, len(model.blocks), settings.epochs, counts))
+    print(counts_table(counts, stages, settings, None))
+    record = {"kind": COUNT_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
+              "stages": stages, **counts_record(counts), "seconds": seconds}
+    out = Path(settings.output_dir)
+    existing = out / "results.json"
+    if existing.exists() and not settings.overwrite:
+        kind = _read_json(existing).get("kind")
+        if kind != COUNT_KIND:
+            raise SystemExit(f"error: {existing} holds a training record ({kind}); choose another --output-dir "
+                             "or pass --overwrite")
+    write_json_atomic(existing, record)
+    print(f"wrote {existing} ({seconds * 1000:.0f} ms)")
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class EvalSet:
+    report_name: str
+    encoded: data.Encoded
+    examples: list
+    features: object = None  # SQuAD: data.SquadFeatures (windows -> questions)
+    dataset: dict | None = None  # SQuAD: the official JSON, cut to the evaluated questions
+
+
+@dataclass
+class TaskData:
+    train: data.Encoded
+    evals: list[EvalSet]
+    majority_baseline: dict
+
+
+def load_task_data(settings: Settings, tokenizer) -> TaskData:
+    """Read and tokenize the task's training and dev data once per run."""
+    if settings.is_squad:
+        return _load_squad(settings, tokenizer)
+    task = data.glue_task(settings.task)
+    data_dir = data.glue_data_dir(settings.data_dir)
+    train_examples = data.read_glue(settings.task, "train", data_dir)
+    _report_skipped(train_examples)
+    if settings.limit_train:
+        train_examples = train_examples[:settings.limit_train]
+    train = data.encode_glue(train_examples, tokenizer, settings.max_length, task.is_regression)
+    evals, baseline = [], {}
+    for split in task.dev_splits:
+        examples = data.read_glue(settings.task, split.name, data_dir)
+        _report_skipped(examples)
+        if settings.limit_eval:
+            examples = examples[:settings.limit_eval]
+        encoded = data.encode_glue(examples, tokenizer, settings.max_length, task.is_regression)
+        evals.append(EvalSet(split.report_name, encoded, examples))
+        baseline[split.report_name] = _majority_metrics(split.report_name, train.targets["labels"],
+                                                        encoded.targets["labels"], task.is_regression)
+    return TaskData(train, evals, baseline)
+
+
+def _report_skipped(examples) -> None:
+    if examples.skipped_rows:
+        print(f"note: {examples.path}: skipped {examples.skipped_rows} malformed row(s)")
+
+
+def _majority_metrics(report_name: str, train_labels: list, dev_labels: list, regression: bool) -> dict:
+    """What predicting the training set's majority class (STS-B: its mean score) scores on dev."""
+    constant = float(np.mean(train_labels)) if regression else Counter(train_labels).most_common(1)[0][0]
+    return glue_eval.compute_metrics(report_name, [constant] * len(dev_labels), dev_labels)
+
+
+def _load_squad(settings: Settings, tokenizer) -> TaskData:
+    version_2 = settings.task == "squad_v2"
+    data_dir = data.squad_data_dir(settings.data_dir)
+    train_path, dev_path = data.squad_files(settings.task, data_dir, settings.train_file, settings.dev_file)
+    train_examples = data.read_squad(train_path, version_2)
+    if settings.limit_train:
+        train_examples = train_examples[:settings.limit_train]
+    train = data.squad_features(train_examples, tokenizer, settings.max_length, settings.doc_stride,
+                                training=True).encoded
+    dev_examples = data.read_squad(dev_path, version_2)
+    if settings.limit_eval:
+        dev_examples = dev_examples[:settings.limit_eval]
+    features = data.squad_features(dev_examples, tokenizer, settings.max_length, settings.doc_stride, training=False)
+    dataset = _squad_subset(_read_json(dev_path), {e.id for e in dev_examples})
+    baseline = {}
+    if version_2:  # answering nothing scores the share of unanswerable questions
+        baseline[settings.task] = _squad_metrics(settings.task, dataset, {e.id: "" for e in dev_examples}, None)
+    print(f"SQuAD: {len(train_examples)} training questions -> {len(train)} windows; "
+          f"{len(dev_examples)} dev questions -> {len(features.encoded)} windows")
+    return TaskData(train, [EvalSet(settings.task, features.encoded, dev_examples, features, dataset)], baseline)
+
+
+def _squad_subset(dataset: dict, ids: set[str]) -> dict:
+    """The official JSON keeping only the questions in `ids` (so --limit-eval scores what was predicted)."""
+    articles = []
+    for article in dataset["data"]:
+        paragraphs = []
+        for paragraph in article["paragraphs"]:
+            qas = [qa for qa in paragraph["qas"] if qa["id"] in ids]
+            if qas:
+                paragraphs.append({**paragraph, "qas": qas})
+        if paragraphs:
+            articles.append({**article, "paragraphs": paragraphs})
+    return {**dataset, "data": articles}
+
+
+def _squad_metrics(task: str, dataset: dict, predictions: dict, na_probs: dict | None) -> dict:
+    if task == "squad":
+        scores = squad_eval.evaluate_v1(dataset, predictions)
+        return {"exact": scores["exact_match"], "f1": scores["f1"]}
+    return squad_eval.evaluate_v2(dataset, predictions, na_probs, na_prob_thresh=1e30)
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+def _json_safe(value):
+    """nan/inf (e.g. a correlation of a constant prediction) become null: results.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {path} is not valid JSON ({error})") from None
+
+
+def append_log(path: Path, entry: dict) -> None:
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(_json_safe({"time": time.time(), **entry})) + "\n")
+
+
+def environment(settings: Settings) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": settings.device,
+           "git_commit": commit}
+    if settings.device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(settings.device)
+    return env
+
+
+def summarize(runs: list[dict]) -> dict:
+    """mean ± sample std over the finished seeds, per dev set and metric."""
+    finished = [r for r in runs if r.get("status") == "complete"]
+    summary: dict = {}
+    for run in finished:
+        for report_name, metrics in run["final"].items():
+            for metric, value in metrics.items():
+                summary.setdefault(report_name, {}).setdefault(metric, []).append(value)
+    return {name: {metric: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                            "n": len(v)}
+                   for metric, v in metrics.items() if all(isinstance(x, (int, float)) and math.isfinite(x)
+                                                           for x in v)}
+            for name, metrics in summary.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: one safetensors file, never a pickle
+# --------------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, names: list[str],
+                    scaler, meta: dict) -> None:
+    """Trainable weights, AdamW moments, RNG states and the JSON position, written to a temp file and
+    renamed, so a crash mid-write leaves the previous checkpoint intact."""
+    params = dict(model.named_parameters())
+    tensors = {f"model/{n}": params[n].detach().cpu().contiguous() for n in names}
+    for index, name in enumerate(names):
+        for key, value in optimizer.state.get(params[name], {}).items():
+            tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
+    tensors["rng/cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    meta = {**meta, "scaler": scaler.state_dict() if scaler is not None else None}
+    temp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temp), metadata={"progtuning": json.dumps(_json_safe(meta))})
+    os.replace(temp, path)
+
+
+def load_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, names: list[str],
+                    scaler) -> dict:
+    params = dict(model.named_parameters())
+    with safe_open(str(path), framework="pt") as file:
+        meta = json.loads(file.metadata()["progtuning"])
+        keys = set(file.keys())
+        expected = {f"model/{n}" for n in names}
+        if not expected <= keys:
+            missing = sorted(expected - keys)
+            raise SystemExit(f"error: {path} lacks {len(missing)} trainable weight(s), e.g. {missing[0]}; "
+                             "it was written by a different model or method")
+        with torch.no_grad():
+            for name in names:
+                params[name].copy_(file.get_tensor(f"model/{name}"))
+        for name in names:
+            state = {key.rsplit("/", 1)[1]: file.get_tensor(key).to(params[name].device)
+                     for key in keys if key.startswith(f"optim/{name}/")}
+            if state:
+                state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU
+                optimizer.state[params[name]] = state
+        torch.set_rng_state(file.get_tensor("rng/cpu"))
+        if "rng/cuda" in keys and torch.cuda.is_available():
+            torch.cuda.set_rng_state(file.get_tensor("rng/cuda"))
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------
+
+class Interrupt:
+    """The first Ctrl-C asks the loop to checkpoint and stop after the current step; a second one kills."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        print("\ninterrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)", flush=True)
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class Interrupted(Exception):
+    pass
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    """Linear warmup to the peak, then linear decay to zero at the end of training."""
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def compute_loss(settings: Settings, output, batch: dict) -> torch.Tensor:
+    if settings.is_squad:
+        start_logits, end_logits = output
+        return (F.cross_entropy(start_logits.float(), batch["start_positions"]) +
+                F.cross_entropy(end_logits.float(), batch["end_positions"])) / 2
+    if data.glue_task(settings.task).is_regression:
+        return F.mse_loss(output.float().squeeze(-1), batch["labels"])
+    return F.cross_entropy(output.float(), batch["labels"])
+
+
+def autocast(settings: Settings):
+    if not settings.amp:
+        return torch.autocast(device_type="cpu", enabled=False)
+    if settings.device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+
+def make_optimizer(model: Transformer, names: list[str], settings: Settings) -> torch.optim.AdamW:
+    """AdamW over the parameters that ever train; decay for matrices only, none for biases and LayerNorm."""
+    params = dict(model.named_parameters())
+    decay = [params[n] for n in names if params[n].dim() >= 2]
+    no_decay = [params[n] for n in names if params[n].dim() < 2]
+    groups = [{"params": decay, "weight_decay": settings.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def compiled(model: Transformer, settings: Settings):
+    """A fresh compile. Called again after each stage switch: a graph compiled while other parameters
+    required grad must not be reused (a known PyTorch issue), so the cache is dropped, not trusted."""
+    if not settings.compile:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model, backend=settings.compile_backend)
+
+
+def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer, seed_dir: Path,
+                   on_epoch_end) -> dict:
+    """Train one seed to the end (or to an interrupt) and return its run record."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    log_path, checkpoint_path = seed_dir / "log.jsonl", seed_dir / "checkpoint.safetensors"
+    torch.manual_seed(seed)  # the new head's initialisation, then dropout
+    model = build_model(settings).to(settings.device)
+    stages = plan(settings, model)
+    names = sorted(set().union(*(trainable_names(model, blocks, settings.method, settings.freeze_embeddings)
+                                 for blocks in stages)),
+                   key=list(dict(model.named_parameters())).index)
+    optimizer = make_optimizer(model, names, settings)
+    use_scaler = settings.amp and settings.device.startswith("cuda") and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = int(settings.warmup_ratio * total_steps)
+    counts = count_parameters(model, stages, settings.method, settings.epochs, steps_per_epoch,
+                              settings.freeze_embeddings)
+    run = {"seed": seed, "status": "running", "epochs": [], "final": None, "wall_seconds": 0.0,
+           "steps_per_epoch": steps_per_epoch}
+    position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
+    if settings.resume and checkpoint_path.exists():
+        meta = load_checkpoint(checkpoint_path, model, optimizer, names, scaler)
+        differing = {k: (meta["settings"].get(k), v) for k, v in settings.run_defining().items()
+                     if meta["settings"].get(k) != v}
+        if differing or meta["seed"] != seed:
+            raise SystemExit(f"error: {checkpoint_path} was written with other settings "
+                             f"{ {k: a for k, (a, b) in differing.items()} }; this run has "
+                             f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
+                             "start over with --overwrite")
+        position, run = meta["position"], meta["run"]
+        print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
+              f"step {position['step_in_epoch']} of {steps_per_epoch}")
+    elif log_path.exists():
+        log_path.unlink()  # a fresh start; an old log would mix two runs
+
+    def checkpoint():
+        meta = {"settings": settings.run_defining(), "seed": seed, "position": position, "run": run}
+        save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta)
+
+    stage, step_model = None, model
+    started = time.perf_counter()
+    steps_done_here = 0
+    with Interrupt() as interrupt:
+        for epoch in range(position["epoch"], settings.epochs):
+            epoch_started = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(task_data.train),
+                                   generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+            window_loss, window_count, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
+            pad = 32 if settings.compile else None  # few shapes, few recompiles
+            for step_in_epoch, batch in enumerate(data.batches(task_data.train, settings.batch_size,
+                                                               tokenizer.pad_token_id, order, pad)):
+                if step_in_epoch < position["step_in_epoch"]:
+                    continue  # done before the interrupt this run resumes from
+                step = epoch * steps_per_epoch + step_in_epoch
+                new_stage = stage_of_step(step, total_steps, settings.stages)
+                if new_stage != stage:
+                    stage = new_stage
+                    apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings)
+                    step_model = compiled(model, settings)
+                    blocks = stages[stage - 1]
+                    print(f"stage {stage}/{settings.stages} from epoch {epoch + 1} step {step_in_epoch}: "
+                          f"training blocks {_blocks_label(blocks)} of {len(model.blocks)} "
+                          f"({counts.trainable_params_per_stage[stage - 1]:,} parameters)", flush=True)
+                    append_log(log_path, {"event": "stage", "stage": stage, "epoch": epoch + 1,
+                                          "step": step, "trainable_blocks": blocks})
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, warmup_steps, settings.lr)
+                batch = {k: v.to(settings.device, non_blocking=True) for k, v in batch.items()}
+                with autocast(settings):
+                    output = step_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                    loss = compute_loss(settings, output, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step_in_epoch}; "
+                                             f"lower --lr (now {settings.lr}) or check the data")
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                loss_value = loss.item()
+                position["loss_sum"] += loss_value
+                position["loss_count"] += 1
+                position["step_in_epoch"] = step_in_epoch + 1
+                steps_done_here += 1
+                window_loss += loss_value
+                window_count += 1
+                window_examples += len(batch["index"])
+                if (step + 1) % settings.log_every == 0 or step_in_epoch + 1 == steps_per_epoch:
+                    elapsed = time.perf_counter() - window_started
+                    seconds_per_step = (time.perf_counter() - started) / steps_done_here
+                    entry = {"event": "progress", "epoch": epoch + 1, "stage": stage, "step": step + 1,
+                             "total_steps": total_steps, "loss": window_loss / window_count,
+                             "lr": optimizer.param_groups[0]["lr"], "examples_per_s": window_examples / elapsed,
+                             "eta_s": seconds_per_step * (total_steps - step - 1)}
+                    print(f"epoch {epoch + 1}/{settings.epochs} stage {stage} step {step + 1}/{total_steps} "
+                          f"loss {entry['loss']:.4f} lr {entry['lr']:.2e} {entry['examples_per_s']:.1f} ex/s "
+                          f"ETA {_duration(entry['eta_s'])}", flush=True)
+                    append_log(log_path, entry)
+                    window_loss, window_count, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
+                if interrupt.requested or (settings.interrupt_after_steps is not None
+                                           and steps_done_here >= settings.interrupt_after_steps):
+                    run["wall_seconds"] += time.perf_counter() - started
+                    run["status"] = "interrupted"
+                    checkpoint()
+                    append_log(log_path, {"event": "interrupted", "epoch": epoch + 1, "step": step + 1})
+                    raise Interrupted(f"seed {seed}: interrupted at epoch {epoch + 1} step {step_in_epoch + 1}; "
+                                      f"checkpoint written to {checkpoint_path}; continue with --resume")
+
+            train_loss = position["loss_sum"] / max(1, position["loss_count"])
+            metrics = evaluate(settings, model, task_data, tokenizer, seed_dir)
+            epoch_seconds = time.perf_counter() - epoch_started
+            record = {"epoch": epoch + 1, "stage": stage, "trainable_blocks": stages[stage - 1],
+                      "train_loss": train_loss, "metrics": metrics, "wall_seconds": epoch_seconds,
+                      "updated_params": counts.updated_params_per_epoch[epoch]}
+            run["epochs"].append(record)
+            run["wall_seconds"] += time.perf_counter() - started
+            started = time.perf_counter()
+            print(f"epoch {epoch + 1} done in {_duration(epoch_seconds)}: train loss {train_loss:.4f}; "
+                  + "; ".join(f"{name} " + ", ".join(f"{m} {v:.2f}" for m, v in vals.items() if isinstance(v, float))
+                              for name, vals in metrics.items()), flush=True)
+            append_log(log_path, {"event": "epoch", **record})
+            position = {"epoch": epoch + 1, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
+            if epoch + 1 == settings.epochs:
+                run["status"], run["final"] = "complete", metrics
+            checkpoint()
+            on_epoch_end(run)
+
+    if settings.save_trained:
+        params = dict(model.named_parameters())
+        path = seed_dir / "trained.safetensors"
+        save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(path),
+                  metadata={"progtuning": json.dumps({"settings": dataclasses.asdict(settings), "seed": seed})})
+        print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
+    return run
+
+
+def _blocks_label(blocks: list[int]) -> str:
+    """1-based, as in the paper: [4, 5, 6, 7] -> '5-8'."""
+    if not blocks:
+        return "none"
+    if blocks == list(range(blocks[0], blocks[-1] + 1)):
+        return f"{blocks[0] + 1}-{blocks[-1] + 1}" if len(blocks) > 1 else str(blocks[0] + 1)
+    return ",".join(str(b + 1) for b in blocks)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(settings: Settings, model: Transformer, encoded: data.Encoded, pad_token_id: int):
+    """Model outputs for every row of `encoded`, in row order (length-sorted batches, put back in place)."""
+    model.eval()
+    outputs: list = [None] * len(encoded)
+    for batch in data.batches(encoded, settings.eval_batch_size, pad_token_id, data.length_sorted_order(encoded)):
+        with autocast(settings):
+            output = model(batch["input_ids"].to(settings.device), batch["attention_mask"].to(settings.device),
+                           batch["token_type_ids"].to(settings.device))
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for i, row in enumerate(batch["index"].tolist()):
+            if settings.is_squad:
+                outputs[row] = (output[0][i, :lengths[i]].float().cpu().numpy(),
+                                output[1][i, :lengths[i]].float().cpu().numpy())
+            else:
+                outputs[row] = output[i].float().cpu().numpy()
+    model.train()
+    return outputs
+
+
+def evaluate(settings: Settings, model: Transformer, task_data: TaskData, tokenizer, seed_dir: Path) -> dict:
+    if settings.is_squad:
+        return evaluate_squad(settings, model, task_data.evals[0], tokenizer, seed_dir)
+    return evaluate_glue(settings, model, task_data.evals, tokenizer, seed_dir)
+
+
+def evaluate_glue(settings: Settings, model: Transformer, evals: list[EvalSet], tokenizer, seed_dir: Path) -> dict:
+    task = data.glue_task(settings.task)
+    metrics = {}
+    for eval_set in evals:
+        outputs = np.stack(predict(settings, model, eval_set.encoded, tokenizer.pad_token_id))
+        preds = outputs[:, 0] if task.is_regression else outputs.argmax(axis=1)
+        metrics[eval_set.report_name] = glue_eval.compute_metrics(eval_set.report_name, preds,
+                                                                  eval_set.encoded.targets["labels"])
+        # GLUE-submission style: index (row of the dev file's examples) and the predicted label name.
+        lines = ["index\tprediction"] + [
+            f"{i}\t{float(p):.6f}" if task.is_regression else f"{i}\t{task.label_names[int(p)]}"
+            for i, p in enumerate(preds)]
+        _write_text_atomic(seed_dir / f"predictions-{eval_set.report_name}.tsv", "\n".join(lines) + "\n")
+    return metrics
+
+
+def evaluate_squad(settings: Settings, model: Transformer, eval_set: EvalSet, tokenizer, seed_dir: Path) -> dict:
+    outputs = predict(settings, model, eval_set.encoded, tokenizer.pad_token_id)
+    width = max(len(start) for start, _ in outputs)
+    start_logits = np.full((len(outputs), width), -1e4, dtype=np.float32)
+    end_logits = np.full((len(outputs), width), -1e4, dtype=np.float32)
+    for i, (start, end) in enumerate(outputs):
+        start_logits[i, :len(start)], end_logits[i, :len(end)] = start, end
+    version_2 = settings.task == "squad_v2"
+    # Spans are chosen without blanking (threshold inf), so squad_eval can search the best threshold over
+    # the real span answers; the reported exact/f1 apply --null-threshold.
+    spans, na_probs = data.squad_predictions(eval_set.examples, eval_set.features, start_logits, end_logits,
+                                             version_2=version_2, null_threshold=math.inf)
+    predictions = {qid: "" if version_2 and na_probs[qid] > settings.null_threshold else text
+                   for qid, text in spans.items()}
+    _write_text_atomic(seed_dir / f"predictions-{settings.task}.json", json.dumps(predictions, indent=1))
+    if not version_2:
+        return {settings.task: _squad_metrics(settings.task, eval_set.dataset, predictions, None)}
+    _write_text_atomic(seed_dir / f"na_probs-{settings.task}.json", json.dumps(na_probs, indent=1))
+    scores = squad_eval.evaluate_v2(eval_set.dataset, spans, na_probs, na_prob_thresh=settings.null_threshold)
+    scores["null_threshold"] = settings.null_threshold
+    return {settings.task: scores}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds and the results file
+# --------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    settings = parse_args(argv)
+    print("settings: " + json.dumps(dataclasses.asdict(settings)), flush=True)
+    print(f"preset: {settings.preset_source}")
+    if settings.count_only:
+        return count_only(settings)
+
+    out = Path(settings.output_dir)
+    results_path = out / "results.json"
+    previous = None
+    if results_path.exists():
+        if settings.resume:
+            previous = _read_json(results_path)
+        elif not settings.overwrite:
+            raise SystemExit(f"error: {results_path} already exists; pass --resume to continue it, --overwrite "
+                             "to replace it, or choose another --output-dir")
+    if settings.resume and previous is None:
+        print(f"note: --resume but no {results_path} yet; seeds continue from their checkpoints where present")
+    if settings.overwrite and not settings.resume:
+        for seed in settings.seeds:
+            for stale in ("checkpoint.safetensors", "log.jsonl"):
+                (out / f"seed-{seed}" / stale).unlink(missing_ok=True)
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(settings.model)
+    task_data = load_task_data(settings, tokenizer)
+    planning_model = build_model(settings, weights=False)
+    stages = plan(settings, planning_model)
+    steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
+    counts = count_parameters(planning_model, stages, settings.method, settings.epochs, steps_per_epoch,
+                              settings.freeze_embeddings)
+    print(stage_diagram(stages, len(planning_model.blocks), settings.epochs, counts))
+    print(counts_table(counts, stages, settings, steps_per_epoch))
+    print(f"{len(task_data.train)} training rows, {steps_per_epoch} steps per epoch; "
+          + ", ".join(f"{e.report_name}: {len(e.encoded)} dev rows" for e in task_data.evals), flush=True)
+
+    main_metric = "f1" if settings.is_squad else glue_eval.main_metric(settings.task)
+    results = {"kind": RESULTS_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
+               "main_metric": main_metric, "stages": stages, **counts_record(counts),
+               "majority_baseline": task_data.majority_baseline, "runs": [], "summary": {},
+               "environment": environment(settings)}
+    if previous is not None:
+        results["runs"] = [r for r in previous.get("runs", []) if r.get("seed") in settings.seeds]
+
+    def save(run: dict) -> None:
+        results["runs"] = [r for r in results["runs"] if r["seed"] != run["seed"]] + [run]
+        results["runs"].sort(key=lambda r: settings.seeds.index(r["seed"]))
+        results["summary"] = summarize(results["runs"])
+        write_json_atomic(results_path, results)
+
+    for seed in settings.seeds:
+        done = next((r for r in results["runs"] if r["seed"] == seed and r.get("status") == "complete"), None)
+        if done is not None:
+            print(f"seed {seed}: already complete in {results_path}; skipped")
+            continue
+        print(f"=== seed {seed} ===", flush=True)
+        try:
+            run = train_one_seed(settings, seed, task_data, tokenizer, out / f"seed-{seed}", save)
+        except Interrupted as stop:
+            run = _read_checkpoint_run(out / f"seed-{seed}" / "checkpoint.safetensors")
+            save(run)
+            print(stop, file=sys.stderr)
+            raise SystemExit(130) from None
+        save(run)
+
+    print(f"results: {results_path}")
+    for report_name, metrics in results["summary"].items():
+        print(f"  {report_name}: " + ", ".join(f"{m} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
+                                               for m, s in metrics.items()))
+    return results
+
+
+def _read_checkpoint_run(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as file:
+        return json.loads(file.metadata()["progtuning"])["run"]
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, data.GlueDownloadError) as error:
+        # Bad input (a missing folder, a malformed file, a wrong flag value): one clear line, no traceback.
+        raise SystemExit(f"error: {error}") from None

@@ -1,0 +1,401 @@
+"""run.py end to end: --count-only planning, the command line's errors, the training loop on real RTE with
+a tiny model (fast) and the real MiniLM checkpoint, records, resume (bitwise on CPU), Ctrl-C, frozen
+blocks that stay frozen, and stage switches under torch.compile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import model as M
+import progtuning as P
+import run
+
+HERE = Path(__file__).resolve().parent
+TINY_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 4,
+               "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
+               "type_vocab_size": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+               "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+               "pad_token_id": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 4-block, 32-wide BERT with random (saved) weights and MiniLM's real tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, folder / name)
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    torch.manual_seed(0)
+    weights = M.Transformer(M.ModelConfig.from_json(folder / "config.json"), head="classification", num_labels=2)
+    save_file({k: v.contiguous() for k, v in weights.state_dict().items() if not k.startswith("classifier.")},
+              str(folder / "model.safetensors"))
+    return folder
+
+
+def run_args(model_dir, out, *extra, glue_dir=None):
+    args = ["--task", "rte", "--model", str(model_dir), "--output-dir", str(out), "--log-every", "1"]
+    if glue_dir is not None:
+        args += ["--data-dir", str(glue_dir)]
+    return args + [str(e) for e in extra]
+
+
+def results_of(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+@pytest.mark.parametrize("method", ["full", "adapter", "bitfit", "lora"])
+def test_count_only_on_a_config_only_folder(tmp_path, method, capsys):
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 6}))
+    out = tmp_path / "out"
+    record = run.main(["--task", "rte", "--mode", "pt", "--method", method, "--model", str(folder),
+                       "--epochs", "3", "--count-only", "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "epoch 3  . . . . # #" in printed  # the stage diagram: blocks 5-6 train in epoch 3
+    saved = results_of(out)
+    # The same numbers as the core computes on a real (initialised) model of the same shape.
+    real = P.add_method(M.Transformer(M.ModelConfig.from_json(folder / "config.json"), "classification", 2),
+                        method)
+    counts = P.count_parameters(real, P.plan_stages(6, 3, "pt"), method, 3)
+    for key in ("total_params", "trainable_params", "updated_params_per_epoch", "updated_params"):
+        assert saved[key] == getattr(counts, key) == record[key], key
+    assert saved["updated_params"] < saved["baseline_updated_params"]
+    assert f"{counts.updated_params:,}" in printed
+
+
+def test_count_only_refuses_to_replace_a_training_record(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.json").write_text(json.dumps({"kind": run.RESULTS_KIND}))
+    with pytest.raises(SystemExit, match="holds a training record"):
+        run.main(["--task", "rte", "--model", str(folder), "--count-only", "--output-dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--task", "rte", "--mode", "ft", "--schedule", "grow"], "applies to --mode pt only"),
+    (["--task", "rte", "--lora-r", "4"], "--lora-r applies to --method lora"),
+    (["--task", "rte", "--method", "lora", "--lora-r", "0"], "rank r must be >= 1"),
+    (["--task", "rte", "--seeds", "1,x"], "comma-separated integers"),
+    (["--task", "rte", "--seeds", "1,1"], "repeated"),
+    (["--task", "rte", "--schedule", "no-low", "--epochs", "1"], "at least 2 stages"),
+    (["--task", "rte", "--epochs", "0"], "--epochs must be >= 1"),
+    (["--task", "rte", "--train-file", "x.json"], "select SQuAD files"),
+    (["--task", "wnli"], "invalid choice"),
+])
+def test_command_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.parse_args(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_presets_fill_defaults_and_flags_override():
+    s = run.parse_args(["--task", "rte"])
+    assert (s.epochs, s.stages, s.lr, s.batch_size, s.max_length, s.warmup_ratio) == (3, 3, 2e-5, 32, 128, 0.0)
+    s = run.parse_args(["--task", "rte", "--method", "lora"])
+    assert (s.epochs, s.lr, s.batch_size, s.warmup_ratio) == (80, 5e-4, 16, 0.06)
+    s = run.parse_args(["--task", "mrpc", "--method", "lora", "--epochs", "5", "--stages", "2"])
+    assert (s.epochs, s.stages, s.lr) == (5, 2, 4e-4)
+    s = run.parse_args(["--task", "squad_v2"])
+    assert (s.epochs, s.lr, s.batch_size, s.max_length, s.doc_stride) == (2, 3e-5, 12, 384, 128)
+
+
+def test_missing_data_is_one_clear_line(tmp_path, tiny_dir):
+    env = {**os.environ, "PROGTUNING_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(HERE / "run.py"), *run_args(tiny_dir, tmp_path / "o"),
+                           "--data-dir", str(tmp_path / "nowhere")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "error:" in done.stderr and "nowhere" in done.stderr
+
+
+def test_lr_schedule():
+    assert run.lr_at(0, 10, 0, 1.0) == 1.0 and run.lr_at(9, 10, 0, 1.0) == pytest.approx(0.1)
+    assert run.lr_at(0, 10, 2, 1.0) == 0.0 and run.lr_at(1, 10, 2, 1.0) == 0.5 and run.lr_at(2, 10, 2, 1.0) == 1.0
+    assert run.lr_at(6, 10, 2, 1.0) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir, monkeypatch):
+    """One uninterrupted run; one that crashes right after epoch 1's checkpoint and is resumed; one
+    interrupted mid-epoch and resumed. All three end bitwise equal, and part 1's blocks never move after
+    epoch 1."""
+    common = ("--epochs", 2, "--limit-train", 64, "--limit-eval", 32, "--batch-size", 8, "--lr", 1e-3,
+              "--save-trained")
+    straight = tmp_path / "straight"
+    results = run.main(run_args(tiny_dir, straight, *common, glue_dir=glue_dir))
+    record = results_of(straight)
+    assert record["kind"] == run.RESULTS_KIND and record["runs"][0]["status"] == "complete"
+    epochs = record["runs"][0]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and [e["trainable_blocks"] for e in epochs] == [[0, 1, 2, 3], [2, 3]]
+    assert record["updated_params_per_epoch"] == [e["updated_params"] for e in epochs]
+    assert record["summary"]["rte"]["accuracy"]["n"] == 1
+    assert record["majority_baseline"]["rte"]["accuracy"] > 0
+    for key in ("total_params", "trainable_params", "updated_params", "environment", "settings", "main_metric"):
+        assert key in record
+    log = [json.loads(line) for line in (straight / "seed-1" / "log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log].count("epoch") == 2 and [e["event"] for e in log].count("progress") == 16
+    assert results["summary"] == record["summary"]
+    straight_weights = load_file(straight / "seed-1" / "trained.safetensors")
+
+    # Crash right after epoch 1's checkpoint (before results.json is updated), then --resume.
+    crashed = tmp_path / "crashed"
+    real_summarize = run.summarize
+
+    def crash(runs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(run, "summarize", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run.main(run_args(tiny_dir, crashed, *common, glue_dir=glue_dir))
+    monkeypatch.setattr(run, "summarize", real_summarize)
+    after_epoch_1 = tmp_path / "after-epoch-1.safetensors"
+    shutil.copy(crashed / "seed-1" / "checkpoint.safetensors", after_epoch_1)
+    run.main(run_args(tiny_dir, crashed, *common, "--resume", glue_dir=glue_dir))
+    resumed = results_of(crashed)
+    assert resumed["runs"][0]["final"] == record["runs"][0]["final"]
+    assert [e["metrics"] for e in resumed["runs"][0]["epochs"]] == [e["metrics"] for e in epochs]
+    resumed_weights = load_file(crashed / "seed-1" / "trained.safetensors")
+    assert resumed_weights.keys() == straight_weights.keys()
+    for name in straight_weights:
+        assert torch.equal(resumed_weights[name], straight_weights[name]), name
+
+    # Part 1 (blocks 0-1) stops training after epoch 1: its final weights are exactly the epoch-1 ones;
+    # part 2 kept training.
+    epoch_1 = load_file(after_epoch_1)
+    block_names = [n for n in straight_weights if n.startswith("encoder.layer.")]
+    for name in block_names:
+        same = torch.equal(straight_weights[name], epoch_1[f"model/{name}"])
+        assert same == (int(name.split(".")[2]) < 2), name
+
+    # Interrupted mid-epoch 1 (after 3 of 8 steps), as Ctrl-C does, then resumed.
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit) as stop:
+        run.main(run_args(tiny_dir, interrupted, *common, "--interrupt-after-steps", 3, glue_dir=glue_dir))
+    assert stop.value.code == 130
+    assert results_of(interrupted)["runs"][0]["status"] == "interrupted"
+    with pytest.raises(SystemExit, match="already exists"):
+        run.main(run_args(tiny_dir, interrupted, *common, glue_dir=glue_dir))
+    run.main(run_args(tiny_dir, interrupted, *common, "--resume", glue_dir=glue_dir))
+    again = load_file(interrupted / "seed-1" / "trained.safetensors")
+    for name in straight_weights:
+        assert torch.equal(again[name], straight_weights[name]), name
+    assert results_of(interrupted)["runs"][0]["final"] == record["runs"][0]["final"]
+
+    # Resuming with a different recipe is refused, naming what differs.
+    (interrupted / "seed-1" / "checkpoint.safetensors").unlink()
+    shutil.copy(after_epoch_1, interrupted / "seed-1" / "checkpoint.safetensors")
+    data = results_of(interrupted)
+    data["runs"][0]["status"] = "running"
+    (interrupted / "results.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="lr"):
+        run.main(run_args(tiny_dir, interrupted, *common[:-3], "--lr", 5e-4, "--save-trained", "--resume",
+                          glue_dir=glue_dir))
+
+
+def test_frozen_parameters_never_move_and_peft_trains_only_its_own(tmp_path, tiny_dir, glue_dir):
+    pretrained = load_file(tiny_dir / "model.safetensors")
+    for method in ("bitfit", "lora", "adapter"):
+        out = tmp_path / method
+        run.main(run_args(tiny_dir, out, "--method", method, "--epochs", 2, "--limit-train", 32, "--limit-eval", 16,
+                          "--batch-size", 8, "--lr", 1e-2, glue_dir=glue_dir))
+        with safe_open(str(out / "seed-1" / "checkpoint.safetensors"), "pt") as file:
+            saved = {k[len("model/"):]: file.get_tensor(k) for k in file.keys() if k.startswith("model/")}
+        model = P.add_method(M.Transformer(M.ModelConfig.from_json(tiny_dir / "config.json"), "classification", 2),
+                             method)
+        ever = set().union(*(P.trainable_names(model, blocks, method) for blocks in P.plan_stages(4, 2, "pt")))
+        assert set(saved) == ever, method
+        record = results_of(out)
+        counts = P.count_parameters(model, P.plan_stages(4, 2, "pt"), method, 2)
+        assert record["updated_params"] == counts.updated_params
+        # Pretrained weights the method trains have moved; with bitfit, block 0's biases did (stage 1) ...
+        if method == "bitfit":
+            assert not torch.equal(saved["encoder.layer.0.attention.self.query.bias"],
+                                   pretrained["encoder.layer.0.attention.self.query.bias"])
+        if method == "lora":
+            assert saved["encoder.layer.3.attention.self.query.lora_B"].abs().sum() > 0
+
+
+def test_minilm_real_rte_smoke(tmp_path, minilm_dir, glue_dir):
+    """The real checkpoint on real RTE: 64 training pairs, 2 epochs of Progtuning; the training loss on
+    those pairs goes down, and the record holds what the core counts."""
+    out = tmp_path / "minilm"
+    run.main(run_args(minilm_dir, out, "--mode", "pt", "--epochs", 2, "--limit-train", 64, "--limit-eval", 64,
+                      "--batch-size", 16, "--lr", 1e-4, "--save-trained", glue_dir=glue_dir))
+    record = results_of(out)
+    assert record["runs"][0]["status"] == "complete"
+    final = record["runs"][0]["final"]["rte"]["accuracy"]
+    assert 0 <= final <= 100
+    model = M.from_pretrained(minilm_dir, head="classification", num_labels=2)
+    counts = P.count_parameters(model, P.plan_stages(6, 2, "pt"), "full", 2, steps_per_epoch=4)
+    assert record["updated_params_per_epoch"] == counts.updated_params_per_epoch == [22_713_986, 17_390_594]
+    assert record["total_params"] == counts.total_params
+
+    # Training loss on the 64 pairs, before and after (eval mode, no dropout).
+    tokenizer = M.load_tokenizer(minilm_dir)
+    import data as D
+    examples = D.read_glue("rte", "train", glue_dir)[:64]
+    encoded = D.encode_glue(examples, tokenizer, 128, regression=False)
+
+    def mean_loss(m):
+        m.eval()
+        with torch.no_grad():
+            losses = [torch.nn.functional.cross_entropy(
+                m(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"], reduction="sum")
+                for b in D.batches(encoded, 32, tokenizer.pad_token_id)]
+        return float(sum(losses)) / len(encoded)
+
+    torch.manual_seed(1)  # the run's seed initialises the head the same way
+    before = mean_loss(M.from_pretrained(minilm_dir, head="classification", num_labels=2))
+    trained = M.from_pretrained(minilm_dir, head="classification", num_labels=2)
+    trained.load_state_dict(load_file(out / "seed-1" / "trained.safetensors"), strict=False)
+    after = mean_loss(trained)
+    assert after < before - 0.01, (before, after)
+
+
+def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir, glue_dir):
+    out = tmp_path / "sigint"
+    argv = [sys.executable, str(HERE / "run.py"), *run_args(tiny_dir, out, "--epochs", 1, "--limit-train", 200,
+                                                            "--limit-eval", 16, "--batch-size", 4,
+                                                            glue_dir=glue_dir)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "seed-1" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and '"progress"' in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "continue with --resume" in stderr and "Traceback" not in stderr
+    record = results_of(out)
+    assert record["runs"][0]["status"] == "interrupted"
+    with safe_open(str(out / "seed-1" / "checkpoint.safetensors"), "pt") as file:
+        position = json.loads(file.metadata()["progtuning"])["position"]
+    assert position["epoch"] == 0 and 0 < position["step_in_epoch"] < 50
+    done = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"step {position['step_in_epoch']} of 50" in done.stdout
+    assert results_of(out)["runs"][0]["status"] == "complete"
+
+
+def test_stsb_regression_and_several_seeds(tmp_path, tiny_dir, glue_dir):
+    out = tmp_path / "stsb"
+    argv = ["--task", "stsb", "--model", str(tiny_dir), "--data-dir", str(glue_dir), "--output-dir", str(out),
+            "--epochs", 1, "--limit-train", 32, "--limit-eval", 24, "--batch-size", 16, "--seeds", "1,2"]
+    run.main([str(a) for a in argv])
+    record = results_of(out)
+    assert [r["seed"] for r in record["runs"]] == [1, 2]
+    pearsons = [r["final"]["stsb"]["pearson"] for r in record["runs"]]
+    assert pearsons[0] != pearsons[1]  # different seeds, different runs
+    summary = record["summary"]["stsb"]["pearson"]
+    assert summary["n"] == 2 and summary["mean"] == pytest.approx(sum(pearsons) / 2)
+    # A constant prediction has no correlation: the majority baseline is null, not a crash or NaN in JSON.
+    assert record["majority_baseline"]["stsb"]["pearson"] is None
+    lines = (out / "seed-1" / "predictions-stsb.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 25
+
+
+# ------------------------------------------------------------------------------------------ torch.compile
+
+def test_stage_switch_under_compile_gives_eager_gradients(tiny_dir):
+    """Change requires_grad between calls of a compiled model, as a stage switch does: the gradients must
+    be exactly the set (and nearly the values) that eager mode computes."""
+    torch.manual_seed(0)
+    eager = M.from_pretrained(tiny_dir, head="classification", num_labels=2)
+    settings = run.Settings(task="rte", compile=True, compile_backend="aot_eager")
+    ids = torch.randint(1000, 2000, (4, 16))
+    mask = torch.ones_like(ids)
+    labels = torch.tensor([0, 1, 0, 1])
+    compiled = None
+    for blocks in P.plan_stages(4, 3, "pt"):
+        for model in (eager,):
+            P.apply_stage(model, blocks, "full")
+        compiled = run.compiled(eager, settings)
+        eager.eval()
+        grads = {}
+        for name, fn in (("eager", eager), ("compiled", compiled)):
+            eager.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(fn(ids, mask), labels).backward()
+            grads[name] = {n: p.grad.clone() for n, p in eager.named_parameters() if p.grad is not None}
+        assert grads["eager"].keys() == grads["compiled"].keys() == P.trainable_names(eager, blocks, "full")
+        for n in grads["eager"]:
+            torch.testing.assert_close(grads["compiled"][n], grads["eager"][n], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_run_matches_eager_run(tmp_path, tiny_dir, glue_dir):
+    # Compiled runs pad batches to multiples of 32, which changes dropout's random masks; without dropout
+    # the two runs differ only by floating-point rounding.
+    no_dropout = tmp_path / "no-dropout"
+    shutil.copytree(tiny_dir, no_dropout)
+    config = json.loads((no_dropout / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (no_dropout / "config.json").write_text(json.dumps(config))
+    tiny_dir = no_dropout
+    common = ("--epochs", 2, "--limit-train", 32, "--limit-eval", 16, "--batch-size", 8, "--lr", 1e-3,
+              "--save-trained")
+    run.main(run_args(tiny_dir, tmp_path / "eager", *common, glue_dir=glue_dir))
+    run.main(run_args(tiny_dir, tmp_path / "compiled", *common, "--compile", "--compile-backend", "aot_eager",
+                      glue_dir=glue_dir))
+    eager = load_file(tmp_path / "eager" / "seed-1" / "trained.safetensors")
+    compiled = load_file(tmp_path / "compiled" / "seed-1" / "trained.safetensors")
+    assert eager.keys() == compiled.keys() and not any("_orig_mod" in k for k in compiled)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ SQuAD
+
+@pytest.mark.parametrize("task,train_file,dev_file", [
+    ("squad", "train-v1.1.subset.json", "dev-v1.1.json"),
+    ("squad_v2", "train-v2.0.subset.json", "dev-v2.0.subset.json"),
+])
+def test_minilm_squad_smoke(tmp_path, minilm_dir, squad_dir, task, train_file, dev_file):
+    """The real checkpoint on real SQuAD questions, both versions: spans train with the same loop and
+    stages, predictions are scored by squad_eval, and the files agree with the record."""
+    import squad_eval
+    out = tmp_path / task
+    run.main(["--task", task, "--mode", "pt", "--model", str(minilm_dir), "--data-dir", str(squad_dir),
+              "--train-file", train_file, "--dev-file", dev_file, "--output-dir", str(out), "--epochs", "2",
+              "--limit-train", "24", "--limit-eval", "40", "--max-length", "192", "--doc-stride", "64",
+              "--batch-size", "8", "--lr", "1e-4", "--log-every", "2"])
+    record = results_of(out)
+    run_record = record["runs"][0]
+    assert run_record["status"] == "complete"
+    assert [e["trainable_blocks"] for e in run_record["epochs"]] == [[0, 1, 2, 3, 4, 5], [3, 4, 5]]
+    final = run_record["final"][task]
+    predictions = json.loads((out / "seed-1" / f"predictions-{task}.json").read_text())
+    assert len(predictions) == 40
+    dataset = run._squad_subset(json.loads((squad_dir / dev_file).read_text()), set(predictions))
+    if task == "squad":
+        rescored = squad_eval.evaluate_v1(dataset, predictions)
+        assert final["exact"] == rescored["exact_match"] and final["f1"] == rescored["f1"]
+        assert all(predictions.values())  # v1.1 always answers
+    else:
+        na_probs = json.loads((out / "seed-1" / f"na_probs-{task}.json").read_text())
+        rescored = squad_eval.evaluate_v2(dataset, predictions, na_probs, na_prob_thresh=1e30)
+        assert final["exact"] == rescored["exact"] and final["f1"] == rescored["f1"]
+        assert {"HasAns_exact", "NoAns_exact", "best_f1", "best_f1_thresh"} <= final.keys()
+        # The majority baseline answers nothing: it scores the share of unanswerable questions.
+        share = 100 * final["NoAns_total"] / final["total"]
+        assert record["majority_baseline"][task]["exact"] == pytest.approx(share)
+    assert 0 <= final["f1"] <= 100
