@@ -399,3 +399,15 @@ def test_minilm_squad_smoke(tmp_path, minilm_dir, squad_dir, task, train_file, d
         share = 100 * final["NoAns_total"] / final["total"]
         assert record["majority_baseline"][task]["exact"] == pytest.approx(share)
     assert 0 <= final["f1"] <= 100
+
+
+def test_freeze_embeddings_never_trains_e(tmp_path, tiny_dir, glue_dir):
+    out = tmp_path / "frozen-e"
+    run.main(run_args(tiny_dir, out, "--freeze-embeddings", "--epochs", 2, "--limit-train", 16, "--limit-eval", 8,
+                      "--batch-size", 8, glue_dir=glue_dir))
+    with safe_open(str(out / "seed-1" / "checkpoint.safetensors"), "pt") as file:
+        saved = [k for k in file.keys() if k.startswith("model/")]
+    assert saved and not any(k.startswith("model/embeddings.") for k in saved)
+    model = M.Transformer(M.ModelConfig.from_json(tiny_dir / "config.json"), "classification", 2)
+    counts = P.count_parameters(model, P.plan_stages(4, 2, "pt"), "full", 2, freeze_embeddings=True)
+    assert results_of(out)["updated_params"] == counts.updated_params
