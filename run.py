@@ -449,9 +449,8 @@ def _load_squad(settings: Settings, tokenizer) -> TaskData:
         dev_examples = dev_examples[:settings.limit_eval]
     features = data.squad_features(dev_examples, tokenizer, settings.max_length, settings.doc_stride, training=False)
     dataset = _squad_subset(_read_json(dev_path), {e.id for e in dev_examples})
-    baseline = {}
-    if version_2:  # answering nothing scores the share of unanswerable questions
-        baseline[settings.task] = _squad_metrics(settings.task, dataset, {e.id: "" for e in dev_examples}, None)
+    # SQuAD has no majority class; the trivial baseline answers nothing (v2.0: the unanswerable share).
+    baseline = {settings.task: _squad_metrics(settings.task, dataset, {e.id: "" for e in dev_examples}, None)}
     print(f"SQuAD: {len(train_examples)} training questions -> {len(train)} windows; "
           f"{len(dev_examples)} dev questions -> {len(features.encoded)} windows")
     return TaskData(train, [EvalSet(settings.task, features.encoded, dev_examples, features, dataset)], baseline)

@@ -390,6 +390,7 @@ def test_minilm_squad_smoke(tmp_path, minilm_dir, squad_dir, task, train_file, d
         rescored = squad_eval.evaluate_v1(dataset, predictions)
         assert final["exact"] == rescored["exact_match"] and final["f1"] == rescored["f1"]
         assert all(predictions.values())  # v1.1 always answers
+        assert record["majority_baseline"][task] == {"exact": 0.0, "f1": 0.0}
     else:
         na_probs = json.loads((out / "seed-1" / f"na_probs-{task}.json").read_text())
         rescored = squad_eval.evaluate_v2(dataset, predictions, na_probs, na_prob_thresh=1e30)
