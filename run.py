@@ -49,8 +49,8 @@ import data
 import glue_eval
 import squad_eval
 from model import Transformer, from_pretrained, load_config, load_tokenizer
-from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, add_method, apply_stage, count_parameters,
-                        plan_stages, stage_diagram, stage_of_step, trainable_names)
+from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, ParameterCounts, add_method, apply_stage,
+                        count_parameters, plan_stages, stage_diagram, stage_of_step, trainable_names)
 
 GLUE_TASK_NAMES = tuple(data.GLUE_TASKS)
 SQUAD_TASK_NAMES = ("squad", "squad_v2")
@@ -492,11 +492,16 @@ def _json_safe(value):
     return value
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temp file + rename: a crash mid-write leaves the previous version, never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n", encoding="utf-8")
+    temp.write_text(text, encoding="utf-8")
     os.replace(temp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict:
@@ -665,8 +670,9 @@ def compiled(model: Transformer, settings: Settings):
 
 
 def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer, seed_dir: Path,
-                   on_epoch_end) -> dict:
-    """Train one seed to the end (or to an interrupt) and return its run record."""
+                   counts: ParameterCounts, on_epoch_end) -> dict:
+    """Train one seed to the end (or to an interrupt) and return its run record. `counts` is the run's
+    parameter accounting (the same for every seed)."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     log_path, checkpoint_path = seed_dir / "log.jsonl", seed_dir / "checkpoint.safetensors"
     torch.manual_seed(seed)  # the new head's initialisation, then dropout
@@ -682,8 +688,6 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(settings.warmup_ratio * total_steps)
-    counts = count_parameters(model, stages, settings.method, settings.epochs, steps_per_epoch,
-                              settings.freeze_embeddings)
     run = {"seed": seed, "status": "running", "epochs": [], "final": None, "wall_seconds": 0.0,
            "steps_per_epoch": steps_per_epoch}
     position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
@@ -725,7 +729,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 new_stage = stage_of_step(step, total_steps, settings.stages)
                 if new_stage != stage:
                     stage = new_stage
-                    apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings)
+                    stage_names = apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings)
+                    trainable = [p for n, p in model.named_parameters() if n in stage_names]
                     step_model = compiled(model, settings)
                     blocks = stages[stage - 1]
                     print(f"stage {stage}/{settings.stages} from epoch {epoch + 1} step {step_in_epoch}: "
@@ -742,7 +747,6 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step_in_epoch}; "
                                              f"lower --lr (now {settings.lr}) or check the data")
-                trainable = [p for p in model.parameters() if p.requires_grad]
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
@@ -868,7 +872,7 @@ def evaluate_glue(settings: Settings, model: Transformer, evals: list[EvalSet], 
         lines = ["index\tprediction"] + [
             f"{i}\t{float(p):.6f}" if task.is_regression else f"{i}\t{task.label_names[int(p)]}"
             for i, p in enumerate(preds)]
-        _write_text_atomic(seed_dir / f"predictions-{eval_set.report_name}.tsv", "\n".join(lines) + "\n")
+        write_text_atomic(seed_dir / f"predictions-{eval_set.report_name}.tsv", "\n".join(lines) + "\n")
     return metrics
 
 
@@ -886,19 +890,13 @@ def evaluate_squad(settings: Settings, model: Transformer, eval_set: EvalSet, to
                                              version_2=version_2, null_threshold=math.inf)
     predictions = {qid: "" if version_2 and na_probs[qid] > settings.null_threshold else text
                    for qid, text in spans.items()}
-    _write_text_atomic(seed_dir / f"predictions-{settings.task}.json", json.dumps(predictions, indent=1))
+    write_text_atomic(seed_dir / f"predictions-{settings.task}.json", json.dumps(predictions, indent=1))
     if not version_2:
         return {settings.task: _squad_metrics(settings.task, eval_set.dataset, predictions, None)}
-    _write_text_atomic(seed_dir / f"na_probs-{settings.task}.json", json.dumps(na_probs, indent=1))
+    write_text_atomic(seed_dir / f"na_probs-{settings.task}.json", json.dumps(na_probs, indent=1))
     scores = squad_eval.evaluate_v2(eval_set.dataset, spans, na_probs, na_prob_thresh=settings.null_threshold)
     scores["null_threshold"] = settings.null_threshold
     return {settings.task: scores}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -962,7 +960,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         print(f"=== seed {seed} ===", flush=True)
         try:
-            run = train_one_seed(settings, seed, task_data, tokenizer, out / f"seed-{seed}", save)
+            run = train_one_seed(settings, seed, task_data, tokenizer, out / f"seed-{seed}", counts, save)
         except Interrupted as stop:
             run = _read_checkpoint_run(out / f"seed-{seed}" / "checkpoint.safetensors")
             save(run)
