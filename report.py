@@ -54,6 +54,9 @@ SCHEDULE_ORDER = ("shrink", "no-low", "grow")
 BASELINE_LABELS = {"squad": "always no answer", "squad_v2": "always no answer"}
 DASH = "—"
 SUBSET_MARK = "†"
+# Boolean run options that change the numbers without being part of the recipe; a row trained with one
+# shows it next to the method, so it is never read as the plain recipe.
+VARIANT_LABELS = {"amp": "autocast", "freeze_embeddings": "E frozen"}
 # A recomputed mean may differ from run.py's summary by float rounding, not by more.
 SUMMARY_TOLERANCE = 1e-6
 
@@ -85,6 +88,7 @@ class ResultRow:
     wall_minutes: float
     runs_used: int
     subset: str | None  # "limit_train=..., limit_eval=..." when trained or evaluated on part of the data
+    variant: str | None = None  # "autocast", "E frozen": run options that change the numbers beyond the recipe
 
 
 def _is_number(value: Any) -> bool:
@@ -166,6 +170,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
                                      f"{', '.join(SCHEDULE_ORDER)}")
     limits = [f"{name}={settings[name]}" for name in ("limit_train", "limit_eval")
               if settings.get(name) is not None]
+    variant = ", ".join(label for key, label in VARIANT_LABELS.items() if settings.get(key) is True) or None
 
     updated_params = _require(record, "updated_params", path, "", "a number",
                               "parameter updates summed over epochs")
@@ -244,7 +249,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
         path=path, task=task, model=model, method=method, mode=mode, schedule=schedule, lr=float(lr),
         scores=scores, majority_baseline=majority_baseline, updated_params=float(updated_params),
         reduction=float(reduction), wall_minutes=float(np.mean(wall_seconds)) / 60.0,
-        runs_used=len(complete_runs), subset=", ".join(limits) or None,
+        runs_used=len(complete_runs), subset=", ".join(limits) or None, variant=variant,
     ), notes
 
 
@@ -288,7 +293,8 @@ def model_label(model: str) -> str:
 
 def _row_sort_key(row: ResultRow) -> tuple:
     schedule_rank = -1 if row.schedule == DASH else SCHEDULE_ORDER.index(row.schedule)
-    return (METHOD_ORDER.index(row.method), MODE_ORDER.index(row.mode), schedule_rank, row.lr, str(row.path))
+    return (METHOD_ORDER.index(row.method), MODE_ORDER.index(row.mode), schedule_rank, row.lr, row.variant or "",
+            str(row.path))
 
 
 def _markdown_row(cells: list[str]) -> str:
@@ -330,7 +336,7 @@ def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
         scores = [format_score(row.scores[report_name][metric])
                   if report_name in row.scores and metric in row.scores[report_name] else DASH
                   for report_name, metric in columns]
-        method = row.method
+        method = row.method if row.variant is None else f"{row.method} [{row.variant}]"
         if row.subset is not None:
             method += SUBSET_MARK
             footnotes.append(f"{SUBSET_MARK} {row.path}: {row.subset}")

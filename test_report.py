@@ -182,6 +182,20 @@ def test_summarize_single_value_has_no_std_and_shows_no_plus_minus() -> None:
     assert report.format_score(report.summarize([60.0, 61.0])) == "60.5 ± 0.7"
 
 
+def test_autocast_and_frozen_embedding_runs_are_labelled_not_mixed_with_the_recipe(tmp_path: Path) -> None:
+    one = [{"rte": {"accuracy": 60.0}}]
+    plain = write_results(tmp_path / "plain", make_results(finals=one))
+    bf16 = write_results(tmp_path / "bf16", make_results(finals=[{"rte": {"accuracy": 59.0}}], amp=True))
+    frozen = write_results(tmp_path / "frozen", make_results(finals=[{"rte": {"accuracy": 58.0}}], amp=True,
+                                                             freeze_embeddings=True))
+    lines = report_lines([frozen, bf16, plain])
+    assert lines[4:] == [
+        "| rte | full | pt | shrink | 2e-05 | 60.0 | 1 | 68.0M | 22.0% | 3.0 |",
+        "| rte | full [autocast] | pt | shrink | 2e-05 | 59.0 | 1 | 68.0M | 22.0% | 3.0 |",
+        "| rte | full [autocast, E frozen] | pt | shrink | 2e-05 | 58.0 | 1 | 68.0M | 22.0% | 3.0 |",
+    ]
+
+
 @pytest.mark.parametrize("model, label", [
     ("google-bert/bert-base-uncased", "bert-base-uncased"),
     ("/data/models/bert-base-uncased/", "bert-base-uncased"),
