@@ -97,6 +97,7 @@ def _is_number(value: Any) -> bool:
 
 _KIND_CHECKS = {
     "a number": _is_number,
+    "a number or null": lambda value: value is None or _is_number(value),
     "a string": lambda value: isinstance(value, str),
     "an object": lambda value: isinstance(value, dict),
     "a list": lambda value: isinstance(value, list),
@@ -230,7 +231,8 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
             scores[report_name][metric] = summarize(values)
             if majority_baseline is not None:
                 _require(_require(majority_baseline, report_name, path, "majority_baseline", "an object"),
-                         metric, path, f"majority_baseline.{report_name}", "a number")
+                         metric, path, f"majority_baseline.{report_name}", "a number or null",
+                         "null where the metric is undefined, e.g. a correlation of a constant")
 
     # run.py's own summary should match what is recomputed here when every run is in; say so when not.
     summary = record.get("summary")
@@ -301,6 +303,14 @@ def _markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _baseline_cell(value: float | None) -> str:
+    """A baseline score; "n/a" where it is undefined (run.py writes null for the correlation of a constant
+    prediction; older files may hold NaN)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.1f}"
+
+
 def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
     """The lines of one markdown table; rows share a task and a model."""
     rows = sorted(rows, key=_row_sort_key)
@@ -322,7 +332,7 @@ def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
         for row in rows:
             if row.majority_baseline is None:
                 continue
-            scores = [f"{row.majority_baseline[report_name][metric]:.1f}"
+            scores = [_baseline_cell(row.majority_baseline[report_name][metric])
                       if metric in row.majority_baseline.get(report_name, {}) else DASH
                       for report_name, metric in columns]
             line = _markdown_row([task, BASELINE_LABELS.get(task, "majority class"), DASH, DASH, DASH]

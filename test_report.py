@@ -117,17 +117,20 @@ def test_mixed_tasks_get_one_table_each_with_their_metrics(tmp_path: Path) -> No
                          majority_baseline={"squad_v2": {"exact": 50.1, "f1": 50.1}}, finals=[
         {"squad_v2": {"exact": 72.5, "f1": 74.5, "HasAns_exact": 70.0, "HasAns_f1": 75.0, "total": 11873}}])
     stsb = make_results(task="stsb", model="/models/roberta-base/",
-                        majority_baseline={"stsb": {"pearson": float("nan"), "spearman": float("nan")}}, finals=[
+                        majority_baseline={"stsb": {"pearson": None, "spearman": None}}, finals=[
         {"stsb": {"pearson": 88.0, "spearman": 87.0}}, {"stsb": {"pearson": 89.0, "spearman": 88.0}}])
     paths = [write_results(tmp_path / name, record)
              for name, record in {"stsb": stsb, "squad": squad, "mrpc": mrpc, "mnli": mnli}.items()]
-    # A second STS-B file, for the baseline row: its nan baseline must not repeat the row.
-    stsb_ft = write_results(tmp_path / "stsb-ft", dict(stsb, settings=dict(stsb["settings"], mode="ft")))
+    # A second STS-B file, for the baseline row: its undefined baseline (NaN in older files) must not
+    # repeat the row.
+    stsb_ft = write_results(tmp_path / "stsb-ft", dict(stsb, settings=dict(stsb["settings"], mode="ft"),
+                                                       majority_baseline={"stsb": {"pearson": float("nan"),
+                                                                                   "spearman": float("nan")}}))
     with_baseline = report_lines(paths + [stsb_ft], baseline=True)
     assert "| squad_v2 | always no answer | — | — | — | 50.1 | 50.1 | — | — | — | — |" in with_baseline
     assert "| mnli | majority class | — | — | — | 35.4 | 35.2 | — | — | — | — |" in with_baseline
-    # A constant regressor has no correlation: run.py stores nan (json writes NaN), shown as is.
-    assert with_baseline.count("| stsb | majority class | — | — | — | nan | nan | — | — | — | — |") == 1
+    # A constant regressor has no correlation: run.py stores null, shown as n/a.
+    assert with_baseline.count("| stsb | majority class | — | — | — | n/a | n/a | — | — | — | — |") == 1
     assert report_lines(paths) == [
         "### mnli (bert-base-uncased)",
         "",

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import model as M
 import progtuning as P
+import report
 import run
 
 HERE = Path(__file__).resolve().parent
@@ -323,6 +324,10 @@ def test_stsb_regression_and_several_seeds(tmp_path, tiny_dir, glue_dir):
     with pytest.raises(SystemExit, match=r"differ from .*results.json: lr: recorded 2e-05, now 0.0001"):
         run.main([str(a) for a in argv] + ["--resume", "--lr", "1e-4"])
     assert results_of(out) == grown
+    # report.py reads what run.py wrote, undefined baseline included.
+    row, notes = report.load_results(out / "results.json", need_baseline=True)
+    assert row.runs_used == 3 and notes == []
+    assert "| stsb | majority class | — | — | — | n/a | n/a | — | — | — | — |" in report.render_report([row], True)
 
 
 # ------------------------------------------------------------------------------------------ torch.compile
