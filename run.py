@@ -155,6 +155,10 @@ class Settings:
                 "amp")
         return {k: getattr(self, k) for k in keys}
 
+    def differences(self, recorded: dict) -> dict:
+        """{key: (recorded value, this run's value)} for each run-defining setting that differs."""
+        return {k: (recorded.get(k), v) for k, v in self.run_defining().items() if recorded.get(k) != v}
+
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     p = argparse.ArgumentParser(description="Progtuning: progressive fine-tuning of BERT/RoBERTa on GLUE and SQuAD",
@@ -693,8 +697,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
     if settings.resume and checkpoint_path.exists():
         meta = load_checkpoint(checkpoint_path, model, optimizer, names, scaler)
-        differing = {k: (meta["settings"].get(k), v) for k, v in settings.run_defining().items()
-                     if meta["settings"].get(k) != v}
+        differing = settings.differences(meta["settings"])
         if differing or meta["seed"] != seed:
             raise SystemExit(f"error: {checkpoint_path} was written with other settings "
                              f"{ {k: a for k, (a, b) in differing.items()} }; this run has "
@@ -981,7 +984,7 @@ def _check_same_run(settings: Settings, previous: dict, path: Path) -> None:
     recorded = previous.get("settings")
     if not isinstance(recorded, dict):
         raise SystemExit(f"error: {path} has no 'settings' object; it was not written by run.py")
-    differing = {k: (recorded.get(k), v) for k, v in settings.run_defining().items() if recorded.get(k) != v}
+    differing = settings.differences(recorded)
     if differing:
         listed = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in differing.items())
         raise SystemExit(f"error: --resume with settings that differ from {path}: {listed}. "
