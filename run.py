@@ -559,7 +559,7 @@ def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optim
     renamed, so a crash mid-write leaves the previous checkpoint intact."""
     params = dict(model.named_parameters())
     tensors = {f"model/{n}": params[n].detach().cpu().contiguous() for n in names}
-    for index, name in enumerate(names):
+    for name in names:
         for key, value in optimizer.state.get(params[name], {}).items():
             tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
     tensors["rng/cpu"] = torch.get_rng_state()
@@ -696,13 +696,16 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
            "steps_per_epoch": steps_per_epoch}
     position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
     if settings.resume and checkpoint_path.exists():
-        meta = load_checkpoint(checkpoint_path, model, optimizer, names, scaler)
+        # Compare settings before any tensor is copied: another lora_r or method would otherwise fail
+        # inside torch on a shape mismatch instead of saying what differs.
+        meta = checkpoint_meta(checkpoint_path)
         differing = settings.differences(meta["settings"])
         if differing or meta["seed"] != seed:
             raise SystemExit(f"error: {checkpoint_path} was written with other settings "
                              f"{ {k: a for k, (a, b) in differing.items()} }; this run has "
                              f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
                              "start over with --overwrite")
+        meta = load_checkpoint(checkpoint_path, model, optimizer, names, scaler)
         position, run = meta["position"], meta["run"]
         print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
               f"step {position['step_in_epoch']} of {steps_per_epoch}")
@@ -966,7 +969,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             run = train_one_seed(settings, seed, task_data, tokenizer, out / f"seed-{seed}", counts, save)
         except Interrupted as stop:
-            run = _read_checkpoint_run(out / f"seed-{seed}" / "checkpoint.safetensors")
+            run = checkpoint_meta(out / f"seed-{seed}" / "checkpoint.safetensors")["run"]
             save(run)
             print(stop, file=sys.stderr)
             raise SystemExit(130) from None
@@ -991,9 +994,10 @@ def _check_same_run(settings: Settings, previous: dict, path: Path) -> None:
                          "Use the recorded settings, or another --output-dir for a new run")
 
 
-def _read_checkpoint_run(path: Path) -> dict:
+def checkpoint_meta(path: Path) -> dict:
+    """The JSON written beside the tensors: settings, seed, position and the run record so far."""
     with safe_open(str(path), framework="pt") as file:
-        return json.loads(file.metadata()["progtuning"])["run"]
+        return json.loads(file.metadata()["progtuning"])
 
 
 if __name__ == "__main__":

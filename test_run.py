@@ -211,6 +211,11 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     with pytest.raises(SystemExit, match="lr"):
         run.main(run_args(tiny_dir, interrupted, *common[:-3], "--lr", 5e-4, "--save-trained", "--resume",
                           glue_dir=glue_dir))
+    # Without results.json the checkpoint's own record of its settings refuses it too.
+    (interrupted / "results.json").unlink()
+    with pytest.raises(SystemExit, match=r"checkpoint.safetensors was written with other settings .*'lr'"):
+        run.main(run_args(tiny_dir, interrupted, *common[:-3], "--lr", 5e-4, "--save-trained", "--resume",
+                          glue_dir=glue_dir))
 
 
 def test_frozen_parameters_never_move_and_peft_trains_only_its_own(tmp_path, tiny_dir, glue_dir):
