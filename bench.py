@@ -377,6 +377,8 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
     for _ in range(s.warmup):
         step()
     sync()
+    if profile:
+        return profile_steps(case, step, s.steps, sync)
     times_ms, cpu_ms = [], []
     for _ in range(s.steps):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -384,9 +386,6 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
         sync()
         times_ms.append((time.perf_counter() - start) * 1000)
         cpu_ms.append((time.process_time() - cpu_start) * 1000)
-
-    if profile:
-        return profile_steps(case, step, s.steps, sync)
 
     result = {
         "name": case.name, "section": case.section, "method": case.method, "mode": case.mode,
