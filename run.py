@@ -571,11 +571,12 @@ def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optim
     os.replace(temp, path)
 
 
-def load_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, names: list[str],
-                    scaler) -> dict:
+def load_checkpoint(path: Path, meta: dict, model: Transformer, optimizer: torch.optim.Optimizer,
+                    names: list[str], scaler) -> None:
+    """Copy the tensors of `path` into model, optimizer and RNG; `meta` is its checkpoint_meta, already
+    checked against this run's settings."""
     params = dict(model.named_parameters())
     with safe_open(str(path), framework="pt") as file:
-        meta = json.loads(file.metadata()["progtuning"])
         keys = set(file.keys())
         expected = {f"model/{n}" for n in names}
         if not expected <= keys:
@@ -596,7 +597,6 @@ def load_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optim
             torch.cuda.set_rng_state(file.get_tensor("rng/cuda"))
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    return meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -705,7 +705,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                              f"{ {k: a for k, (a, b) in differing.items()} }; this run has "
                              f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
                              "start over with --overwrite")
-        meta = load_checkpoint(checkpoint_path, model, optimizer, names, scaler)
+        load_checkpoint(checkpoint_path, meta, model, optimizer, names, scaler)
         position, run = meta["position"], meta["run"]
         print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
               f"step {position['step_in_epoch']} of {steps_per_epoch}")
