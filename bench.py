@@ -378,7 +378,7 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
         step()
     sync()
     if profile:
-        return profile_steps(case, step, s.steps, sync)
+        return profile_steps(case, step, s.steps, sync, on_cuda=device.type == "cuda")
     times_ms, cpu_ms = [], []
     for _ in range(s.steps):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -416,11 +416,11 @@ PHASES = ("phase: forward + loss", "phase: backward", "phase: clip", "phase: opt
 TOP_OPS = 15
 
 
-def profile_steps(case: Case, step, steps: int, sync) -> dict:
+def profile_steps(case: Case, step, steps: int, sync, on_cuda: bool) -> dict:
     """Run `steps` more steps under torch.profiler: ms per step in each phase of the training step, and
     the operators with the most self time (CPU; CUDA too on a GPU)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available() and sync is torch.cuda.synchronize:
+    if on_cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     start = time.perf_counter()
     with torch.profiler.profile(activities=activities) as prof:
