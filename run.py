@@ -812,7 +812,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                     stage = new_stage
                     stage_names = apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings)
                     trainable = [p for n, p in model.named_parameters() if n in stage_names]
-                    if stage_names != compiled_for:  # ft's stages (and pt's empty parts) change nothing
+                    if settings.compile and stage_names != compiled_for:  # ft's stages change nothing
                         step_model, compiled_for = compiled(model, settings, counter), stage_names
                         compile_record = {"stage": stage, "epoch": epoch + 1, "graphs": 0, "seconds": 0.0,
                                           "batch_shapes": []}
