@@ -47,6 +47,8 @@ from torch import nn
 from torch.profiler import record_function
 
 import progtuning
+import sparse
+from sparse import SPARSE_METHODS
 from model import ModelConfig, Transformer, from_pretrained
 
 NUM_LABELS = 2
@@ -94,7 +96,8 @@ def cost_units(num_blocks: int, trainable_blocks: list[int], method: str = "full
     if outside:
         raise ValueError(f"trainable blocks {sorted(outside)} are outside 0..{num_blocks - 1}")
     low = min(trainable) if trainable else num_blocks
-    trained_block_cost = 2 if method == "full" else 1
+    # A sparse method's mask picks entries inside dense tensors: autograd still computes every dW.
+    trained_block_cost = 2 if method == "full" or method in SPARSE_METHODS else 1
     backward = 0
     for j in range(num_blocks):
         if j in trainable:
@@ -178,6 +181,8 @@ def step_flops(config: ModelConfig, batch_size: int, seq_len: int, trainable_blo
     """
     if method not in progtuning.METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {progtuning.METHODS}")
+    if method in SPARSE_METHODS:
+        method = "full"  # a mask picks entries of dense tensors: autograd computes the whole dW all the same
     L, d, f = config.num_hidden_layers, config.hidden_size, config.intermediate_size
     trainable = set(trainable_blocks)
     outside = trainable - set(range(L))
@@ -316,7 +321,7 @@ class BenchSettings:
     stages: int = 3
     steps: int = 10
     warmup: int = 2
-    methods: tuple[str, ...] = ("full", "adapter", "bitfit", "lora")
+    methods: tuple[str, ...] = ("full", "adapter", "bitfit", "lora", "sam", "random")
     freeze_embeddings: bool = False
     amp: bool | None = None               # None: on for CUDA, off (fp32) for CPU
     compile: bool | None = None           # None: on for CUDA, off for CPU
@@ -465,15 +470,41 @@ def make_batch(s: BenchSettings, vocab_size: int, device: torch.device) -> dict[
             "token_type_ids": torch.zeros_like(input_ids).to(device), "labels": labels.to(device)}
 
 
-def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, mask: sparse.Mask | None = None) -> torch.optim.Optimizer:
     """AdamW over the parameters that train in this case only; decay for matrices, none for biases and
-    LayerNorm (STYLE.md habit 7)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    LayerNorm (STYLE.md habit 7). With a sparse method's mask, SparseAdamW over its entries (as run.py)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("this case trains no parameter at all")
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=2e-5)
+    groups = [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": 0.01},
+              {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if mask is not None:
+        return sparse.SparseAdamW(groups, {p: mask[n] for n, p in named if n in mask}, lr=2e-5)
+    return torch.optim.AdamW(groups, lr=2e-5)
+
+
+SPARSITY = 0.005  # the sparse methods' default (SPEC 9), scope tensor
+
+
+def sparse_case_mask(s: BenchSettings, case: Case, model: nn.Module, batch: dict, labels: torch.Tensor) -> sparse.Mask:
+    """The mask of a sparse case, chosen by its rule on this case's model: SAM from one burn-in pass over
+    the fixed batch (the step's cost does not depend on which entries, only on how many)."""
+    eligible = sparse.eligible_names(model, s.freeze_embeddings)
+    params = dict(model.named_parameters())
+    if case.method == "random":
+        return sparse.random_mask({n: params[n].numel() for n in eligible}, SPARSITY, "tensor", s.seed)
+    if case.method == "magnitude":
+        scores = sparse.magnitude_scores(model, eligible)
+    else:
+        scores = sparse.burn_in(model, eligible, [batch],
+                                lambda b: F.cross_entropy(model(**b).float(), labels))
+    return sparse.top_k_mask(scores, SPARSITY, "tensor")
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t))
 
 
 def current_rss_mib() -> float:
@@ -512,7 +543,13 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
             out = forward(**batch)
         return out.logits if case.impl == "reference" else out
 
-    optimizer = make_optimizer(model) if case.kind == "train" else None
+    mask = None
+    if case.method in SPARSE_METHODS and case.impl == "ours":
+        mask = sparse_case_mask(s, case, model, batch, labels)
+        entries = sparse.mask_entries(mask, sparse.eligible_names(model, s.freeze_embeddings))
+        progtuning.apply_stage(model, case.blocks, case.method, s.freeze_embeddings, entries)
+        sparse.mask_gradients(model, mask)
+    optimizer = make_optimizer(model, mask) if case.kind == "train" else None
     params = [p for p in model.parameters() if p.requires_grad]
 
     def train_step() -> None:
@@ -593,6 +630,9 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
         "cpu_ms_median": statistics.median(cpu_ms),
         "first_step_s": first_step_s, "warmup_s": warmup_s,
         "trainable_params": sum(p.numel() for p in params) if case.kind == "train" else 0,
+        # AdamW's moments as held after the steps, and what torch's dense AdamW holds for the same tensors
+        "optimizer_state_bytes": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
+        "dense_adamw_state_bytes": sparse.dense_adamw_state_bytes(params) if case.kind == "train" else 0,
         "backward_enters_lowest_trainable_block": backward_enters_lowest,
     }
     if case.kind == "eval":
@@ -820,7 +860,8 @@ def format_table(report: dict) -> str:
 
     stat = report["settings"]["statistic"]
     header = (f"{'case':<22} {'blocks':>7} {'prec':>5} {stat + ' ms':>10} {'x full FT':>9} {'model':>6} "
-              f"{'x own ft':>8} {'model':>6} {'peak MiB':>9} {'first s':>8} {'TFLOP/s':>8} {'MFU':>6}")
+              f"{'x own ft':>8} {'model':>6} {'peak MiB':>9} {'first s':>8} {'TFLOP/s':>8} {'MFU':>6} "
+              f"{'optim MiB':>9} {'dense':>7}")
     lines = [header, "-" * len(header)]
     section = None
     for r in report["cases"]:
@@ -835,7 +876,8 @@ def format_table(report: dict) -> str:
                       f"{num(r.get('cost_ratio_to_own_ft'), '6.3f'):>6}")
         lines.append(f"{r['name']:<22} {r['blocks']:>7} {r['precision']:>5} {r['step_ms']:10.1f} {middle} "
                      f"{r['peak_memory_mib']:9.0f} {num(r.get('first_step_s'), '8.2f'):>8} "
-                     f"{num(r.get('tflops'), '8.3g'):>8} {num(r.get('mfu'), '6.1%'):>6}")
+                     f"{num(r.get('tflops'), '8.3g'):>8} {num(r.get('mfu'), '6.1%'):>6} "
+                     f"{r.get('optimizer_state_bytes', 0) / 2**20:9.2f} {r.get('dense_adamw_state_bytes', 0) / 2**20:7.1f}")
     for key, value in report["comparison"].items():
         lines.append(f"{key}: {value:.3f}")
     m = report["machine"]
@@ -864,7 +906,8 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="timed steps per case (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case first")
-    p.add_argument("--methods", default="full,adapter,bitfit,lora", help="comma-separated subset")
+    p.add_argument("--methods", default="full,adapter,bitfit,lora,sam,random",
+                   help="comma-separated subset (magnitude too)")
     p.add_argument("--freeze-embeddings", action="store_true", help="E frozen: backward stops at the "
                    "lowest trainable block")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,

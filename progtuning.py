@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import SelfAttention, SublayerOutput, Transformer, part_of
+from sparse import SPARSE_METHODS
 
 SCHEDULES = ("shrink", "no-low", "grow")
-METHODS = ("full", "adapter", "bitfit", "lora")
+METHODS = ("full", "adapter", "bitfit", "lora") + SPARSE_METHODS
 MODES = ("ft", "pt")
 
 
@@ -226,12 +227,15 @@ def method_trains(method: str, name: str, freeze_embeddings: bool = False) -> bo
     bitfit:  in blocks, every bias; outside, the embedding LayerNorm's bias, the pooler's bias and the
              classifier. RoBERTa's `classifier.dense` is trained whole: unlike BERT's pooler it is newly
              initialised, and a frozen random projection would be no baseline worth having.
+    sam, random, magnitude (sparse.py): as full, tensor by tensor; their mask then picks the entries
+             that train inside each tensor, and a tensor with none stays frozen (the `entries` argument
+             of trainable_names and count_parameters).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     part, _ = part_of(name)
     if part == "embeddings":
-        if method == "full":
+        if method == "full" or method in SPARSE_METHODS:
             return not freeze_embeddings
         return method == "bitfit" and name == "embeddings.LayerNorm.bias" and not freeze_embeddings
     if part == "head":
@@ -239,7 +243,7 @@ def method_trains(method: str, name: str, freeze_embeddings: bool = False) -> bo
             return name.endswith(".bias")
         return True
     # inside a block
-    if method == "full":
+    if method == "full" or method in SPARSE_METHODS:
         return True
     if method == "adapter":
         return ".adapter." in name or ".LayerNorm." in name
@@ -249,25 +253,27 @@ def method_trains(method: str, name: str, freeze_embeddings: bool = False) -> bo
 
 
 def trainable_names(model: nn.Module, trainable_blocks: list[int], method: str,
-                    freeze_embeddings: bool = False) -> set[str]:
-    """Names of the parameters that train in a stage whose trainable blocks are `trainable_blocks`."""
+                    freeze_embeddings: bool = False, entries: dict[str, int] | None = None) -> set[str]:
+    """Names of the parameters that train in a stage whose trainable blocks are `trainable_blocks`.
+    entries (sparse methods): masked-in entries per masked tensor; a tensor with 0 never trains."""
     blocks = set(trainable_blocks)
     names = set()
     for name, _ in model.named_parameters():
         part, block = part_of(name)
-        if method_trains(method, name, freeze_embeddings) and (part != "block" or block in blocks):
+        if (method_trains(method, name, freeze_embeddings) and (part != "block" or block in blocks)
+                and (entries is None or entries.get(name, 1) > 0)):
             names.add(name)
     return names
 
 
 def apply_stage(model: nn.Module, trainable_blocks: list[int], method: str,
-                freeze_embeddings: bool = False) -> set[str]:
+                freeze_embeddings: bool = False, entries: dict[str, int] | None = None) -> set[str]:
     """Set requires_grad so that exactly the stage's parameters train; return their names.
 
     A frozen parameter gets no gradient (autograd skips it), so with zero_grad(set_to_none=True) its
     .grad stays None and AdamW leaves it untouched: no momentum or weight-decay drift.
     """
-    names = trainable_names(model, trainable_blocks, method, freeze_embeddings)
+    names = trainable_names(model, trainable_blocks, method, freeze_embeddings, entries)
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
     return names
@@ -302,16 +308,21 @@ class ParameterCounts:
 
 
 def count_parameters(model: nn.Module, stages: list[list[int]], method: str, epochs: int,
-                     steps_per_epoch: int | None = None, freeze_embeddings: bool = False) -> ParameterCounts:
+                     steps_per_epoch: int | None = None, freeze_embeddings: bool = False,
+                     entries: dict[str, int] | None = None) -> ParameterCounts:
     """Count total, trainable and updated parameters of a run whose stage k trains blocks stages[k-1].
 
     steps_per_epoch: the run's real number of optimizer steps, so a mid-epoch stage switch is counted
     where it really happens; None counts by exact fractions of an epoch (a planning run).
+    entries (sparse methods): masked-in entries per masked tensor; such a tensor counts for its entries
+    in trainable and updated, for its whole size in total.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    total = sum(p.numel() for p in model.parameters())
     numel = {name: p.numel() for name, p in model.named_parameters()}
-    stage_names = [trainable_names(model, blocks, method, freeze_embeddings) for blocks in stages]
+    numel.update(entries or {})
+    stage_names = [trainable_names(model, blocks, method, freeze_embeddings, entries) for blocks in stages]
     per_stage = [sum(numel[n] for n in names) for names in stage_names]
     ever = set().union(*stage_names)
 
@@ -328,8 +339,9 @@ def count_parameters(model: nn.Module, stages: list[list[int]], method: str, epo
         per_epoch.append(int(updated) if updated.denominator == 1 else float(updated))
 
     all_blocks = list(range(len(getattr(model, "blocks", []))))
-    baseline = sum(numel[n] for n in trainable_names(model, all_blocks, method, freeze_embeddings)) * epochs
-    return ParameterCounts(total_params=sum(numel.values()), trainable_params=sum(numel[n] for n in ever),
+    baseline = sum(numel[n] for n in trainable_names(model, all_blocks, method, freeze_embeddings, entries))
+    baseline *= epochs
+    return ParameterCounts(total_params=total, trainable_params=sum(numel[n] for n in ever),
                            trainable_params_per_stage=per_stage, updated_params_per_epoch=per_epoch,
                            updated_params=sum(per_epoch), baseline_updated_params=baseline)
 

@@ -46,7 +46,7 @@ METRIC_LABELS = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearso
 
 # The names of progtuning.METHODS and progtuning.SCHEDULES, in their order, copied rather than imported
 # because progtuning.py pulls in torch and this script only reads JSON; test_report.py checks they agree.
-METHOD_ORDER = ("full", "adapter", "bitfit", "lora")
+METHOD_ORDER = ("full", "adapter", "bitfit", "lora", "sam", "random", "magnitude")
 MODE_ORDER = ("ft", "pt")
 SCHEDULE_ORDER = ("shrink", "no-low", "grow")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -47,10 +48,12 @@ from safetensors.torch import save_file
 
 import data
 import glue_eval
+import sparse
 import squad_eval
-from model import Transformer, from_pretrained, load_config, load_tokenizer
+from model import Transformer, from_pretrained, load_config, load_tokenizer, part_of
 from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, ParameterCounts, add_method, apply_stage,
                         count_parameters, plan_stages, stage_diagram, stage_of_step, trainable_names)
+from sparse import SPARSE_METHODS
 
 GLUE_TASK_NAMES = tuple(data.GLUE_TASKS)
 SQUAD_TASK_NAMES = ("squad", "squad_v2")
@@ -89,10 +92,15 @@ def preset(task: str, method: str) -> tuple[dict, str]:
         recipe = {"epochs": 3, "lr": 3e-4, "batch_size": 32, "warmup_ratio": 0.1}
         source = ("Houlsby et al.: batch 32, 10% warmup, bottleneck 64; lr 3e-4 and 3 epochs are our picks "
                   "from their sweeps (lr 1e-4/3e-4/1e-3, epochs 3/20)")
-    else:  # bitfit
+    elif method == "bitfit":
         recipe = {"epochs": 3, "lr": 1e-3, "batch_size": 32}
         source = ("BitFit: lr 1e-3 is our pick from its sweep (1e-4/4e-4/7e-4/1e-3); 3 epochs and batch 32 "
                   "as for full fine-tuning")
+    else:  # sam, random, magnitude
+        recipe = {"epochs": 3, "lr": 5e-4, "batch_size": 32}
+        source = (f"sparse fine-tuning ({method}): lr 5e-4 is our pick for training 0.5% of the entries "
+                  "(between full fine-tuning's 2e-5 and BitFit's 1e-3); 3 epochs and batch 32 as for full "
+                  "fine-tuning")
     # weight decay 0.01 is BERT's; the paper does not state one.
     return {**base, **recipe}, source
 
@@ -129,6 +137,9 @@ class Settings:
     lora_r: int = 8
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
+    sparsity: float = 0.005           # sam/random/magnitude: the share of entries that train
+    mask_scope: str = "tensor"        # k per tensor, or one top-k over all eligible entries ("global")
+    burn_in_steps: int | None = None  # sam: batches whose gradients rank the entries (None: one epoch)
     null_threshold: float = 0.0
     limit_train: int | None = None
     limit_eval: int | None = None
@@ -153,7 +164,7 @@ class Settings:
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
                 "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
-                "amp", "amp_dtype")
+                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps")
         return {k: getattr(self, k) for k in keys}
 
     def differences(self, recorded: dict) -> dict:
@@ -198,6 +209,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     g.add_argument("--lora-r", type=int, help="LoRA rank r (default 8)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 8)")
     g.add_argument("--lora-dropout", type=float, help="LoRA dropout on its input (default 0)")
+    g.add_argument("--sparsity", type=float, help="sam/random/magnitude: share of entries that train "
+                                                  "(default 0.005)")
+    g.add_argument("--mask-scope", choices=sparse.SCOPES, help="sam/random/magnitude: k = floor(sparsity·numel) "
+                   "per tensor (tensor, the default), or one top-k over all eligible entries (global)")
+    g.add_argument("--burn-in-steps", type=int, help="sam: batches whose summed gradient ranks the entries "
+                                                     "(default: one epoch)")
     g = p.add_argument_group("runs and records")
     g.add_argument("--seed", type=int, help="one seed (default 1)")
     g.add_argument("--seeds", help="several seeds, e.g. 1,2,3: one run each, then mean ± std")
@@ -231,10 +248,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
     if args.mode == "ft" and args.schedule != "shrink":
         fail(f"--schedule {args.schedule} applies to --mode pt only; plain fine-tuning trains every block")
-    for flag, method in (("adapter_size", "adapter"), ("lora_r", "lora"), ("lora_alpha", "lora"),
-                         ("lora_dropout", "lora")):
-        if getattr(args, flag) is not None and args.method != method:
-            fail(f"--{flag.replace('_', '-')} applies to --method {method}, not --method {args.method}")
+    for flag, methods in (("adapter_size", ("adapter",)), ("lora_r", ("lora",)), ("lora_alpha", ("lora",)),
+                          ("lora_dropout", ("lora",)), ("sparsity", SPARSE_METHODS),
+                          ("mask_scope", SPARSE_METHODS), ("burn_in_steps", ("sam",))):
+        if getattr(args, flag) is not None and args.method not in methods:
+            fail(f"--{flag.replace('_', '-')} applies to --method {'/'.join(methods)}, not --method {args.method}")
     if args.task not in SQUAD_TASK_NAMES and (args.train_file or args.dev_file):
         fail("--train-file / --dev-file select SQuAD files; GLUE files are found by task under --data-dir")
     if args.seed is not None and args.seeds is not None:
@@ -276,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         lora_r=args.lora_r if args.lora_r is not None else 8,
         lora_alpha=args.lora_alpha if args.lora_alpha is not None else 8.0,
         lora_dropout=args.lora_dropout if args.lora_dropout is not None else 0.0,
+        sparsity=args.sparsity if args.sparsity is not None else 0.005,
+        mask_scope=args.mask_scope or "tensor", burn_in_steps=args.burn_in_steps,
         null_threshold=args.null_threshold, limit_train=args.limit_train, limit_eval=args.limit_eval,
         log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, save_trained=args.save_trained,
         count_only=args.count_only, interrupt_after_steps=args.interrupt_after_steps, preset_source=source)
@@ -294,7 +314,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
               ("--limit-train", settings.limit_train is None or settings.limit_train >= 1, settings.limit_train,
                ">= 1"),
               ("--limit-eval", settings.limit_eval is None or settings.limit_eval >= 2, settings.limit_eval,
-               ">= 2 (correlations need two examples)")]
+               ">= 2 (correlations need two examples)"),
+              ("--sparsity", 0 < settings.sparsity <= 1, settings.sparsity,
+               "in (0, 1] (the share of entries that train)"),
+              ("--burn-in-steps", settings.burn_in_steps is None or settings.burn_in_steps >= 1,
+               settings.burn_in_steps, ">= 1")]
     for flag, ok, value, expected in checks:
         if not ok:
             fail(f"{flag} must be {expected}, got {value}")
@@ -348,7 +372,13 @@ def plan(settings: Settings, model: Transformer) -> list[list[int]]:
     return plan_stages(len(model.blocks), settings.stages, settings.mode, settings.schedule)
 
 
-def counts_record(counts) -> dict:
+def counts_record(counts: ParameterCounts | None) -> dict:
+    """The counts as results.json holds them; all None when they are not known yet (a sparse method with
+    --mask-scope global, before its mask is chosen)."""
+    if counts is None:
+        return dict.fromkeys(("total_params", "trainable_params", "trainable_params_per_stage",
+                              "updated_params_per_epoch", "updated_params", "baseline_updated_params",
+                              "reduction"))
     return {"total_params": counts.total_params, "trainable_params": counts.trainable_params,
             "trainable_params_per_stage": counts.trainable_params_per_stage,
             "updated_params_per_epoch": counts.updated_params_per_epoch, "updated_params": counts.updated_params,
@@ -372,16 +402,41 @@ def counts_table(counts, stages: list[list[int]], settings: Settings, steps_per_
     return "\n".join(lines)
 
 
+def planned_entries(settings: Settings, model: Transformer) -> dict[str, int] | None:
+    """Sparse methods, scope tensor: the masked-in entries per tensor, which the shapes fix. None for the
+    other methods and for scope global, whose split over the tensors depends on the data."""
+    if settings.method not in SPARSE_METHODS:
+        return None
+    params = dict(model.named_parameters())
+    return sparse.planned_entries({n: params[n].numel() for n in sparse.eligible_names(model, settings.freeze_embeddings)},
+                                  settings.sparsity, settings.mask_scope)
+
+
+def global_scope_note(settings: Settings, model: Transformer) -> str:
+    params = dict(model.named_parameters())
+    eligible = {n: params[n].numel() for n in sparse.eligible_names(model, settings.freeze_embeddings)}
+    return (f"--mask-scope global: k = {sparse.global_k(eligible, settings.sparsity):,} of {sum(eligible.values()):,} "
+            "eligible entries train, plus the head; how they split over E and the blocks, and so the updated "
+            "parameters per epoch, depends on the mask, which the training run chooses and records "
+            "(runs[].mask in results.json)")
+
+
 def count_only(settings: Settings) -> dict:
     """Plan a run from config.json alone: stage diagram and parameter counts, written to results.json."""
     start = time.perf_counter()
     model = build_model(settings, weights=False)
     stages = plan(settings, model)
-    counts = count_parameters(model, stages, settings.method, settings.epochs,
-                              freeze_embeddings=settings.freeze_embeddings)
+    entries = planned_entries(settings, model)
+    if settings.method in SPARSE_METHODS and entries is None:
+        print(stage_diagram(stages, len(model.blocks), settings.epochs))
+        print(global_scope_note(settings, model))
+        counts = None
+    else:
+        counts = count_parameters(model, stages, settings.method, settings.epochs,
+                                  freeze_embeddings=settings.freeze_embeddings, entries=entries)
+        print(stage_diagram(stages, len(model.blocks), settings.epochs, counts))
+        print(counts_table(counts, stages, settings, None))
     seconds = time.perf_counter() - start
-    print(stage_diagram(stages, len(model.blocks), settings.epochs, counts))
-    print(counts_table(counts, stages, settings, None))
     record = {"kind": COUNT_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
               "stages": stages, **counts_record(counts), "seconds": seconds}
     out = Path(settings.output_dir)
@@ -566,12 +621,14 @@ def summarize(runs: list[dict]) -> dict:
 # Checkpoints: one safetensors file, never a pickle
 # --------------------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, names: list[str],
-                    scaler, meta: dict) -> None:
+def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer | None, names: list[str],
+                    scaler, meta: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Trainable weights, AdamW moments, RNG states and the JSON position, written to a temp file and
-    renamed, so a crash mid-write leaves the previous checkpoint intact."""
+    renamed, so a crash mid-write leaves the previous checkpoint intact. `extra`: more tensors under their
+    own prefixes (a sparse method's mask/..., or burnin/... sums of an interrupted SAM burn-in)."""
     params = dict(model.named_parameters())
     tensors = {f"model/{n}": params[n].detach().cpu().contiguous() for n in names}
+    tensors.update({key: value.detach().cpu().contiguous() for key, value in (extra or {}).items()})
     for name in names:
         for key, value in optimizer.state.get(params[name], {}).items():
             tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
@@ -605,11 +662,23 @@ def load_checkpoint(path: Path, meta: dict, model: Transformer, optimizer: torch
             if state:
                 state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU
                 optimizer.state[params[name]] = state
-        torch.set_rng_state(file.get_tensor("rng/cpu"))
-        if "rng/cuda" in keys and torch.cuda.is_available():
-            torch.cuda.set_rng_state(file.get_tensor("rng/cuda"))
+    restore_rng(path)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
+
+
+def restore_rng(path: Path) -> None:
+    """The random generators as the checkpoint saved them: dropout goes on as if never interrupted."""
+    rng = checkpoint_tensors(path, "rng/")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def checkpoint_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under `prefix`, keyed by the rest of their name."""
+    with safe_open(str(path), framework="pt") as file:
+        return {key[len(prefix):]: file.get_tensor(key) for key in file.keys() if key.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -676,13 +745,17 @@ def autocast(settings: Settings):
                           enabled=dtype is not None)
 
 
-def make_optimizer(model: Transformer, names: list[str], settings: Settings) -> torch.optim.AdamW:
-    """AdamW over the parameters that ever train; decay for matrices only, none for biases and LayerNorm."""
+def make_optimizer(model: Transformer, names: list[str], settings: Settings,
+                   mask: sparse.Mask | None = None) -> torch.optim.Optimizer:
+    """AdamW over the parameters that ever train; decay for matrices only, none for biases and LayerNorm.
+    With a sparse method's mask, sparse.SparseAdamW: state and updates for the masked-in entries only."""
     params = dict(model.named_parameters())
     decay = [params[n] for n in names if params[n].dim() >= 2]
     no_decay = [params[n] for n in names if params[n].dim() < 2]
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if mask is not None:
+        return sparse.SparseAdamW(groups, {params[n]: mask[n] for n in names if n in mask}, lr=settings.lr)
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
@@ -757,18 +830,13 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     torch.manual_seed(seed)  # the new head's initialisation, then dropout
     model = build_model(settings).to(settings.device)
     stages = plan(settings, model)
-    names = sorted(set().union(*(trainable_names(model, blocks, settings.method, settings.freeze_embeddings)
-                                 for blocks in stages)),
-                   key=list(dict(model.named_parameters())).index)
-    optimizer = make_optimizer(model, names, settings)
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype(settings) == torch.float16 else None
-
     steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(settings.warmup_ratio * total_steps)
     run = {"seed": seed, "status": "running", "epochs": [], "final": None, "wall_seconds": 0.0,
            "steps_per_epoch": steps_per_epoch}
     position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
+    meta = None
     if settings.resume and checkpoint_path.exists():
         # Compare settings before any tensor is copied: another lora_r or method would otherwise fail
         # inside torch on a shape mismatch instead of saying what differs.
@@ -779,16 +847,35 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                              f"{ {k: a for k, (a, b) in differing.items()} }; this run has "
                              f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
                              "start over with --overwrite")
-        load_checkpoint(checkpoint_path, meta, model, optimizer, names, scaler)
-        position, run = meta["position"], meta["run"]
-        print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
-              f"step {position['step_in_epoch']} of {steps_per_epoch}")
+        run = meta["run"]
     elif log_path.exists():
         log_path.unlink()  # a fresh start; an old log would mix two runs
 
+    # A sparse method's fixed mask (SPEC 9), chosen before training (SAM: after its burn-in) or read back.
+    mask, entries, burn_in_here = None, None, 0
+    if settings.method in SPARSE_METHODS:
+        mask, burn_in_here = choose_mask(settings, seed, model, task_data, tokenizer.pad_token_id,
+                                            checkpoint_path, meta, run)
+        entries = sparse.mask_entries(mask, sparse.eligible_names(model, settings.freeze_embeddings))
+        counts = count_parameters(model, stages, settings.method, settings.epochs, steps_per_epoch,
+                                  settings.freeze_embeddings, entries)
+        run["mask"]["counts"] = counts_record(counts)
+        sparse.mask_gradients(model, mask)
+    names = sorted(set().union(*(trainable_names(model, blocks, settings.method, settings.freeze_embeddings,
+                                                 entries) for blocks in stages)),
+                   key=list(dict(model.named_parameters())).index)
+    optimizer = make_optimizer(model, names, settings, mask)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype(settings) == torch.float16 else None
+    if meta is not None and "burn_in_step" not in meta["position"]:
+        load_checkpoint(checkpoint_path, meta, model, optimizer, names, scaler)
+        position = meta["position"]
+        print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
+              f"step {position['step_in_epoch']} of {steps_per_epoch}")
+    mask_tensors = {f"mask/{name}": indices for name, indices in (mask or {}).items()}
+
     def checkpoint():
         meta = {"settings": settings.run_defining(), "seed": seed, "position": position, "run": run}
-        save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta)
+        save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta, mask_tensors)
 
     stage, step_model, compiled_for, compile_record = None, model, None, None
     counter = GraphCounter(settings.compile_backend) if settings.compile else None
@@ -798,8 +885,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
         for epoch in range(position["epoch"], settings.epochs):
             epoch_started = time.perf_counter()
             model.train()
-            order = torch.randperm(len(task_data.train),
-                                   generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+            order = epoch_order(len(task_data.train), seed, epoch)
             window_loss, window_count, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
             pad = 32 if settings.compile else None  # few distinct shapes, and widths tensor cores like
             for step_in_epoch, batch in enumerate(data.batches(task_data.train, settings.batch_size,
@@ -810,7 +896,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 new_stage = stage_of_step(step, total_steps, settings.stages)
                 if new_stage != stage:
                     stage = new_stage
-                    stage_names = apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings)
+                    stage_names = apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings,
+                                              entries)
                     trainable = [p for n, p in model.named_parameters() if n in stage_names]
                     if settings.compile and stage_names != compiled_for:  # ft's stages change nothing
                         step_model, compiled_for = compiled(model, settings, counter), stage_names
@@ -858,7 +945,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                     append_log(log_path, entry)
                     window_loss, window_count, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
                 if interrupt.requested or (settings.interrupt_after_steps is not None
-                                           and steps_done_here >= settings.interrupt_after_steps):
+                                           and burn_in_here + steps_done_here >= settings.interrupt_after_steps):
                     run["wall_seconds"] += time.perf_counter() - started
                     run["status"] = "interrupted"
                     checkpoint()
@@ -882,16 +969,125 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
             position = {"epoch": epoch + 1, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
             if epoch + 1 == settings.epochs:
                 run["status"], run["final"] = "complete", metrics
+            if mask is not None:
+                run["mask"]["optimizer_state_bytes"] = optimizer.state_bytes()
+                run["mask"]["dense_adamw_state_bytes"] = sparse.dense_adamw_state_bytes(
+                    [p for n, p in model.named_parameters() if n in names])
             checkpoint()
             on_epoch_end(run)
 
     if settings.save_trained:
         params = dict(model.named_parameters())
         path = seed_dir / "trained.safetensors"
-        save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(path),
-                  metadata={"progtuning": json.dumps({"settings": dataclasses.asdict(settings), "seed": seed})})
-        print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
+        meta = {"settings": dataclasses.asdict(settings), "seed": seed}
+        if mask is not None:  # only what trained: indices and values per masked tensor, the head whole
+            sparse.save_trained(path, model, mask, [n for n in names if n not in mask], meta)
+            print(f"wrote {path} ({sum(len(i) for i in mask.values()):,} masked-in entries and "
+                  f"{len(names) - len(mask)} whole tensors); rebuild with `python sparse.py rebuild {path} --out DIR`")
+        else:
+            save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(path),
+                      metadata={"progtuning": json.dumps(meta)})
+            print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
     return run
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> list[int]:
+    """The order in which epoch `epoch` (0-based) of a seed visits the training rows."""
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def choose_mask(settings: Settings, seed: int, model: Transformer, task_data: TaskData, pad_token_id: int,
+                checkpoint_path: Path, meta: dict | None, run: dict) -> tuple[sparse.Mask, int]:
+    """A sparse method's mask for this seed, and the burn-in steps taken here (they count toward
+    --interrupt-after-steps). A resumed run reads its mask back from the checkpoint, or continues an
+    interrupted SAM burn-in from the sums saved there; otherwise the method's rule chooses it now."""
+    if meta is not None and "burn_in_step" not in meta["position"]:
+        return {name: indices.to(torch.long) for name, indices in checkpoint_tensors(checkpoint_path, "mask/").items()}, 0
+    eligible = sparse.eligible_names(model, settings.freeze_embeddings)
+    params = dict(model.named_parameters())
+    started = time.perf_counter()
+    burn_in_steps, burn_in_done = None, 0
+    if settings.method == "random":
+        scores = None
+        mask = sparse.random_mask({n: params[n].numel() for n in eligible}, settings.sparsity, settings.mask_scope,
+                                  seed)
+    elif settings.method == "magnitude":
+        scores = sparse.magnitude_scores(model, eligible)
+    else:
+        burn_in_steps = settings.burn_in_steps or math.ceil(len(task_data.train) / settings.batch_size)
+        scores, burn_in_done = sam_burn_in(settings, seed, model, eligible, task_data, pad_token_id, burn_in_steps,
+                                           checkpoint_path, meta, run)
+    if scores is not None:
+        mask = sparse.top_k_mask(scores, settings.sparsity, settings.mask_scope)
+    entries = sparse.mask_entries(mask, eligible)
+    per_block = [0] * len(model.blocks)
+    for name, k in entries.items():
+        part, block = part_of(name)
+        if part == "block":
+            per_block[block] += k
+    run["mask"] = {"rule": settings.method, "scope": settings.mask_scope, "sparsity": settings.sparsity,
+                   "entries": sum(entries.values()),
+                   "entries_embeddings": sum(k for n, k in entries.items() if part_of(n)[0] == "embeddings"),
+                   "entries_per_block": per_block, "entries_per_tensor": entries,
+                   "burn_in_steps": burn_in_steps,
+                   "burn_in_seconds": run.pop("burn_in_seconds", 0.0) + (time.perf_counter() - started
+                                                                          if burn_in_steps else 0.0),
+                   "selection_seconds": time.perf_counter() - started}
+    print(f"mask ({settings.method}, scope {settings.mask_scope}, sparsity {settings.sparsity}): "
+          f"{run['mask']['entries']:,} entries in {len(mask)} tensors"
+          + (f"; burn-in {burn_in_steps} batches in {run['mask']['burn_in_seconds']:.1f} s" if burn_in_steps else ""),
+          flush=True)
+    return mask, burn_in_done
+
+
+def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: list[str], task_data: TaskData,
+                pad_token_id: int, steps: int, checkpoint_path: Path, meta: dict | None,
+                run: dict) -> tuple[dict[str, torch.Tensor], int]:
+    """SAM's scores from `steps` burn-in batches, drawn in training's own order (epoch 1's batches, then
+    epoch 2's, ...). Ctrl-C (or --interrupt-after-steps) saves the running sums, the RNG and the position,
+    and --resume goes on from there: the scores end bitwise as if never interrupted (on CPU)."""
+    params = dict(model.named_parameters())
+    done = 0
+    if meta is not None:  # an interrupted burn-in: its sums become the .grad that burn_in adds onto
+        done = meta["position"]["burn_in_step"]
+        for name, total in checkpoint_tensors(checkpoint_path, "burnin/").items():
+            params[name].grad = total.to(params[name].device)
+        restore_rng(checkpoint_path)
+        print(f"resuming seed {seed}'s SAM burn-in at batch {done + 1} of {steps}")
+    started = time.perf_counter()
+
+    def batches():
+        for epoch in itertools.count():
+            for i, batch in enumerate(data.batches(task_data.train, settings.batch_size, pad_token_id,
+                                                   epoch_order(len(task_data.train), seed, epoch))):
+                step = epoch * math.ceil(len(task_data.train) / settings.batch_size) + i
+                if step >= steps:
+                    return
+                if step >= done:
+                    yield {k: v.to(settings.device) for k, v in batch.items()}
+
+    def loss_of(batch):
+        with autocast(settings):
+            return compute_loss(settings, model(batch["input_ids"], batch["attention_mask"],
+                                                batch["token_type_ids"]), batch)
+
+    with Interrupt() as interrupt:
+        def on_step(i, sums):
+            if interrupt.requested or (settings.interrupt_after_steps is not None
+                                       and i >= settings.interrupt_after_steps):
+                run["status"] = "interrupted"
+                run["burn_in_seconds"] = run.get("burn_in_seconds", 0.0) + time.perf_counter() - started
+                position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0,
+                            "burn_in_step": done + i}
+                save_checkpoint(checkpoint_path, model, None, [], None,
+                                {"settings": settings.run_defining(), "seed": seed, "position": position,
+                                 "run": run}, {f"burnin/{name}": total for name, total in sums.items()})
+                raise Interrupted(f"seed {seed}: interrupted in SAM's burn-in after batch {done + i} of {steps}; "
+                                  f"checkpoint written to {checkpoint_path}; continue with --resume")
+
+        scores = sparse.burn_in(model, eligible, batches(), loss_of, on_step)
+    run["status"] = "running"
+    return scores, steps - done
 
 
 def _blocks_label(blocks: list[int]) -> str:
@@ -1011,10 +1207,16 @@ def main(argv: list[str] | None = None) -> dict:
     planning_model = build_model(settings, weights=False)
     stages = plan(settings, planning_model)
     steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
-    counts = count_parameters(planning_model, stages, settings.method, settings.epochs, steps_per_epoch,
-                              settings.freeze_embeddings)
-    print(stage_diagram(stages, len(planning_model.blocks), settings.epochs, counts))
-    print(counts_table(counts, stages, settings, steps_per_epoch))
+    entries = planned_entries(settings, planning_model)
+    if settings.method in SPARSE_METHODS and entries is None:
+        counts = None  # each seed counts its own mask
+        print(stage_diagram(stages, len(planning_model.blocks), settings.epochs))
+        print(global_scope_note(settings, planning_model))
+    else:
+        counts = count_parameters(planning_model, stages, settings.method, settings.epochs, steps_per_epoch,
+                                  settings.freeze_embeddings, entries)
+        print(stage_diagram(stages, len(planning_model.blocks), settings.epochs, counts))
+        print(counts_table(counts, stages, settings, steps_per_epoch))
     print(f"{len(task_data.train)} training rows, {steps_per_epoch} steps per epoch; "
           + ", ".join(f"{e.report_name}: {len(e.encoded)} dev rows" for e in task_data.evals), flush=True)
 
@@ -1027,6 +1229,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["runs"] = [r for r in previous.get("runs", []) if r.get("seed") in settings.seeds]
 
     def save(run: dict) -> None:
+        if results["updated_params"] is None and run.get("mask", {}).get("counts"):
+            # --mask-scope global: the counts are the first chosen mask's (runs[].mask has each seed's)
+            results.update(run["mask"]["counts"], counts_from_seed=run["seed"])
         results["runs"] = [r for r in results["runs"] if r["seed"] != run["seed"]] + [run]
         results["runs"].sort(key=lambda r: settings.seeds.index(r["seed"]))
         results["summary"] = summarize(results["runs"])

@@ -216,7 +216,7 @@ def test_smoke_run_writes_complete_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     names = [case["name"] for case in report["cases"]]
-    expected = [f"{label}{c}" for label in ("", "adapter ", "bitfit ", "lora ")
+    expected = [f"{label}{c}" for label in ("", "adapter ", "bitfit ", "lora ", "sam ", "random ")
                 for c in ("ft", "pt stage 1", "pt stage 2", "pt stage 3")]
     assert names == expected + ["ft [bf16]", "eval ours"]
     for case in report["cases"]:
@@ -281,9 +281,9 @@ def test_format_table_shows_mfu_and_the_peak_for_a_gpu_report():
     report["cases"][0].update(mfu=0.4123, tflops=407.9)
     lines = bench.format_table(report).splitlines()
     ft_row = next(line for line in lines if line.startswith("ft "))
-    assert ft_row.split()[-2:] == ["408", "41.2%"]
+    assert ft_row.split()[-4:-2] == ["408", "41.2%"]
     eval_row = next(line for line in lines if line.startswith("eval ours"))
-    assert eval_row.split()[-1] == "-" and "ex/s" in eval_row
+    assert eval_row.split()[-3] == "-" and "ex/s" in eval_row
     assert any(line.startswith("gpu: NVIDIA H100 80GB HBM3, dense bf16 peak 989.4 TFLOP/s (NVIDIA H100")
                for line in lines)
     assert len(ft_row) == len(lines[0]) == len(eval_row)
@@ -367,3 +367,16 @@ def test_frozen_embeddings_stay_bitwise_unchanged_under_adamw():
     for key, value in model.embeddings.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert not torch.equal(model.blocks[5].output.dense.weight, trained_before)
+
+
+def test_sparse_cases_hold_optimizer_state_for_their_entries_only():
+    report = bench.run_bench(bench.parse_args(["--smoke", "--methods", "sam,random", "--no-reference",
+                                               "--cases", "sam ft,sam pt stage 3,random pt stage 2"]).resolve(),
+                             log=lambda line: None)
+    assert [c["name"] for c in report["cases"]] == ["sam ft", "sam pt stage 3", "random pt stage 2"]
+    for case in report["cases"]:
+        # 0.5% of every eligible tensor and the whole head: far below AdamW's two moments of every entry
+        assert 0 < case["optimizer_state_bytes"] < case["dense_adamw_state_bytes"]
+        # the cost model's: dense dW like full fine-tuning, whatever the mask picks inside the tensors
+        lowest = int(case["blocks"].split("-")[0]) - 1
+        assert case["cost_ratio"] == bench.cost_ratio(6, list(range(lowest, 6)), "full")
