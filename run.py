@@ -408,8 +408,8 @@ def planned_entries(settings: Settings, model: Transformer) -> dict[str, int] | 
     if settings.method not in SPARSE_METHODS:
         return None
     params = dict(model.named_parameters())
-    return sparse.planned_entries({n: params[n].numel() for n in sparse.eligible_names(model, settings.freeze_embeddings)},
-                                  settings.sparsity, settings.mask_scope)
+    eligible = sparse.eligible_names(model, settings.freeze_embeddings)
+    return sparse.planned_entries({n: params[n].numel() for n in eligible}, settings.sparsity, settings.mask_scope)
 
 
 def global_scope_note(settings: Settings, model: Transformer) -> str:
@@ -983,7 +983,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
         if mask is not None:  # only what trained: indices and values per masked tensor, the head whole
             sparse.save_trained(path, model, mask, [n for n in names if n not in mask], meta)
             print(f"wrote {path} ({sum(len(i) for i in mask.values()):,} masked-in entries and "
-                  f"{len(names) - len(mask)} whole tensors); rebuild with `python sparse.py rebuild {path} --out DIR`")
+                  f"{len(names) - len(mask)} whole tensors); rebuild with "
+                  f"`python sparse.py rebuild {path} --out DIR`")
         else:
             save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(path),
                       metadata={"progtuning": json.dumps(meta)})
@@ -1002,7 +1003,7 @@ def choose_mask(settings: Settings, seed: int, model: Transformer, task_data: Ta
     --interrupt-after-steps). A resumed run reads its mask back from the checkpoint, or continues an
     interrupted SAM burn-in from the sums saved there; otherwise the method's rule chooses it now."""
     if meta is not None and "burn_in_step" not in meta["position"]:
-        return {name: indices.to(torch.long) for name, indices in checkpoint_tensors(checkpoint_path, "mask/").items()}, 0
+        return checkpoint_tensors(checkpoint_path, "mask/"), 0
     eligible = sparse.eligible_names(model, settings.freeze_embeddings)
     params = dict(model.named_parameters())
     started = time.perf_counter()
