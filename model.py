@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 log = logging.getLogger("progtuning")
@@ -628,7 +628,11 @@ def from_pretrained(name_or_path: str | Path, head: str | None = None,
         log.warning("%s: no model.safetensors; the model is RANDOMLY INITIALISED (fine for planning and "
                     "counting, meaningless for results)", folder)
         return model
-    load_checkpoint_into(model, files)
+    try:
+        load_checkpoint_into(model, files)
+    except SafetensorError as error:  # a truncated download, or not safetensors at all
+        raise CheckpointError(f"{folder}: a weight file is not readable safetensors ({error}); download or "
+                              "convert it again") from None
     return model
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import data
@@ -568,7 +568,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(text, encoding="utf-8")
+    replace_durably(temp, path)
+
+
+def replace_durably(temp: Path, path: Path) -> None:
+    """Rename a finished temp file over `path`, its bytes on disk first (fsync) and the rename after (fsync
+    of the folder): a power loss leaves the old file or the new one, never a renamed empty one."""
+    with open(temp, "rb") as file:
+        os.fsync(file.fileno())
     os.replace(temp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -577,9 +590,13 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SystemExit(f"error: {path} is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: {path} holds a JSON {type(value).__name__}, not the object run.py writes; "
+                         "choose another --output-dir or pass --overwrite")
+    return value
 
 
 def append_log(path: Path, entry: dict) -> None:
@@ -638,7 +655,7 @@ def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optim
     meta = {**meta, "scaler": scaler.state_dict() if scaler is not None else None}
     temp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temp), metadata={"progtuning": json.dumps(_json_safe(meta))})
-    os.replace(temp, path)
+    replace_durably(temp, path)
 
 
 def load_checkpoint(path: Path, meta: dict, model: Transformer, optimizer: torch.optim.Optimizer,
@@ -686,28 +703,44 @@ def checkpoint_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 class Interrupt:
-    """The first Ctrl-C asks the loop to checkpoint and stop after the current step; a second one kills."""
+    """The first Ctrl-C (SIGINT) or SIGTERM -- what SLURM and Kubernetes send before they preempt a job --
+    asks the loop to checkpoint and stop after the current step; a second one acts as it would have
+    without us (it kills)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal = signal.SIGINT
+        self._previous = {}
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        print("\ninterrupt: finishing this step, then writing a checkpoint (Ctrl-C again to abort)", flush=True)
-        signal.signal(signal.SIGINT, self._previous)
+        self.requested, self.signal = True, signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint (send it again "
+              "to abort)", flush=True)
+        self._restore()
+
+    def _restore(self):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        self._restore()
         return False
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal  # the shell's convention: 130 after SIGINT, 143 after SIGTERM
 
 
 class Interrupted(Exception):
-    pass
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -880,7 +913,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     stage, step_model, compiled_for, compile_record = None, model, None, None
     counter = GraphCounter(settings.compile_backend) if settings.compile else None
     started = time.perf_counter()
-    steps_done_here = 0
+    # `started` restarts each epoch (for the wall time); the ETA's clock and step count never do
+    eta_started, steps_done_here = started, 0
     with Interrupt() as interrupt:
         for epoch in range(position["epoch"], settings.epochs):
             epoch_started = time.perf_counter()
@@ -934,7 +968,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 window_examples += len(batch["index"])
                 if (step + 1) % settings.log_every == 0 or step_in_epoch + 1 == steps_per_epoch:
                     elapsed = time.perf_counter() - window_started
-                    seconds_per_step = (time.perf_counter() - started) / steps_done_here
+                    seconds_per_step = (time.perf_counter() - eta_started) / steps_done_here
                     entry = {"event": "progress", "epoch": epoch + 1, "stage": stage, "step": step + 1,
                              "total_steps": total_steps, "loss": window_loss / window_count,
                              "lr": optimizer.param_groups[0]["lr"], "examples_per_s": window_examples / elapsed,
@@ -951,7 +985,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                     checkpoint()
                     append_log(log_path, {"event": "interrupted", "epoch": epoch + 1, "step": step + 1})
                     raise Interrupted(f"seed {seed}: interrupted at epoch {epoch + 1} step {step_in_epoch + 1}; "
-                                      f"checkpoint written to {checkpoint_path}; continue with --resume")
+                                      f"checkpoint written to {checkpoint_path}; continue with --resume",
+                                      interrupt.exit_code)
 
             train_loss = position["loss_sum"] / max(1, position["loss_count"])
             metrics = evaluate(settings, model, task_data, tokenizer, seed_dir)
@@ -1084,7 +1119,8 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
                                 {"settings": settings.run_defining(), "seed": seed, "position": position,
                                  "run": run}, {f"burnin/{name}": total for name, total in sums.items()})
                 raise Interrupted(f"seed {seed}: interrupted in SAM's burn-in after batch {done + i} of {steps}; "
-                                  f"checkpoint written to {checkpoint_path}; continue with --resume")
+                                  f"checkpoint written to {checkpoint_path}; continue with --resume",
+                                  interrupt.exit_code)
 
         scores = sparse.burn_in(model, eligible, batches(), loss_of, on_step)
     run["status"] = "running"
@@ -1182,6 +1218,11 @@ def main(argv: list[str] | None = None) -> dict:
     settings = parse_args(argv)
     print("settings: " + json.dumps(dataclasses.asdict(settings)), flush=True)
     print(f"preset: {settings.preset_source}")
+    positions = load_config(settings.model).max_length
+    if settings.max_length > positions:
+        raise SystemExit(f"error: --max-length {settings.max_length} exceeds the {positions} positions of "
+                         f"{settings.model} (max_position_embeddings in its config.json); use --max-length "
+                         f"{positions} or less")
     if settings.count_only:
         return count_only(settings)
 
@@ -1250,7 +1291,7 @@ def main(argv: list[str] | None = None) -> dict:
             run = checkpoint_meta(out / f"seed-{seed}" / "checkpoint.safetensors")["run"]
             save(run)
             print(stop, file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(stop.exit_code) from None
         save(run)
 
     print(f"results: {results_path}")
@@ -1274,13 +1315,23 @@ def _check_same_run(settings: Settings, previous: dict, path: Path) -> None:
 
 def checkpoint_meta(path: Path) -> dict:
     """The JSON written beside the tensors: settings, seed, position and the run record so far."""
-    with safe_open(str(path), framework="pt") as file:
-        return json.loads(file.metadata()["progtuning"])
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return json.loads(file.metadata()["progtuning"])
+    except (SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise SystemExit(f"error: {path} is not a checkpoint run.py wrote, or it was cut short "
+                         f"({type(error).__name__}: {error}); start this seed over with --overwrite") from None
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError, data.GlueDownloadError) as error:
-        # Bad input (a missing folder, a malformed file, a wrong flag value): one clear line, no traceback.
-        raise SystemExit(f"error: {error}") from None
+    except (OSError, ValueError, SafetensorError, data.GlueDownloadError, data.SquadDownloadError) as error:
+        # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
+        # no network): one clear line, no traceback. OSError covers the file system and the network.
+        raise SystemExit(f"error: {type(error).__name__ + ': ' if isinstance(error, OSError) else ''}{error}") \
+            from None
+    except KeyboardInterrupt:
+        # Training has its own Ctrl-C (a checkpoint); this is one before it began: nothing to save.
+        print("interrupted before training began; nothing was saved", file=sys.stderr)
+        raise SystemExit(130) from None

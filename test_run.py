@@ -278,8 +278,10 @@ def test_minilm_real_rte_smoke(tmp_path, minilm_dir, glue_dir):
     assert after < before - 0.01, (before, after)
 
 
-def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir, glue_dir):
-    out = tmp_path / "sigint"
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir, glue_dir, sig, code):
+    # SIGTERM is what SLURM and Kubernetes send before preemption: the same checkpoint as Ctrl-C, exit 143.
+    out = tmp_path / "signal"
     argv = [sys.executable, str(HERE / "run.py"), *run_args(tiny_dir, out, "--epochs", 1, "--limit-train", 200,
                                                             "--limit-eval", 16, "--batch-size", 4,
                                                             glue_dir=glue_dir)]
@@ -289,10 +291,11 @@ def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir,
     while not (log.exists() and '"progress"' in log.read_text()):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == code, stderr
     assert "continue with --resume" in stderr and "Traceback" not in stderr
+    assert f"{sig.name}: finishing this step" in stdout
     record = results_of(out)
     assert record["runs"][0]["status"] == "interrupted"
     with safe_open(str(out / "seed-1" / "checkpoint.safetensors"), "pt") as file:
@@ -302,6 +305,27 @@ def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir,
     assert done.returncode == 0, done.stderr
     assert f"step {position['step_in_epoch']} of 50" in done.stdout
     assert results_of(out)["runs"][0]["status"] == "complete"
+
+
+def test_eta_counts_every_step_since_the_run_began(tmp_path, tiny_dir, glue_dir):
+    # The ETA of a step = seconds per step so far x steps left. Its clock once restarted each epoch while
+    # the step count did not, so from epoch 2 on it came out up to ~10x too low.
+    run.main(run_args(tiny_dir, tmp_path, "--epochs", 3, "--limit-train", 64, "--limit-eval", 8, "--batch-size", 8,
+                      glue_dir=glue_dir))
+    entries = [json.loads(line) for line in (tmp_path / "seed-1" / "log.jsonl").read_text().splitlines()]
+    progress = [e for e in entries if e["event"] == "progress"]
+    began = next(e["time"] for e in entries if e["event"] == "stage")  # logged just before step 1
+    for entry in progress[8:-1]:  # epochs 2 and 3
+        # the rate behind the ETA must be the run's average so far, by the log's own clock
+        rate = (entry["time"] - began) / entry["step"]
+        predicted = entry["eta_s"] / (entry["total_steps"] - entry["step"])
+        assert 0.8 * rate < predicted < 1.25 * rate, (entry, rate, predicted)
+
+
+def test_max_length_beyond_the_models_positions_is_one_line(tmp_path, tiny_dir, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.main(run_args(tiny_dir, tmp_path, "--max-length", 100000))
+    assert "--max-length 100000 exceeds the 512 positions" in str(stop.value)
 
 
 def test_stsb_regression_and_several_seeds(tmp_path, tiny_dir, glue_dir):
@@ -432,3 +456,41 @@ def test_freeze_embeddings_never_trains_e(tmp_path, tiny_dir, glue_dir):
     model = M.Transformer(M.ModelConfig.from_json(tiny_dir / "config.json"), "classification", 2)
     counts = P.count_parameters(model, P.plan_stages(4, 2, "pt"), "full", 2, freeze_embeddings=True)
     assert results_of(out)["updated_params"] == counts.updated_params
+
+
+# ------------------------------------------------------------------------------------------ one-line errors
+
+def cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / "run.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def assert_one_line(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unreadable_weights_and_checkpoints_are_one_line(tmp_path, tiny_dir, glue_dir):
+    garbage = tmp_path / "garbage-weights"
+    shutil.copytree(tiny_dir, garbage)
+    (garbage / "model.safetensors").write_bytes(b"not safetensors at all")
+    assert_one_line(cli(*run_args(garbage, tmp_path / "a", glue_dir=glue_dir)), str(garbage),
+                    "not readable safetensors")
+
+    out = tmp_path / "b"
+    (out / "seed-1").mkdir(parents=True)
+    (out / "results.json").write_text("[]")
+    assert_one_line(cli(*run_args(tiny_dir, out, "--resume", glue_dir=glue_dir)), "holds a JSON list")
+    (out / "results.json").unlink()
+    (out / "seed-1" / "checkpoint.safetensors").write_bytes(b"\x00" * 64)
+    assert_one_line(cli(*run_args(tiny_dir, out, "--resume", "--limit-train", 8, "--limit-eval", 4,
+                                  glue_dir=glue_dir)), "checkpoint.safetensors is not a checkpoint", "--overwrite")
+
+
+def test_output_dir_that_is_a_file_is_one_line(tmp_path, tiny_dir, glue_dir):
+    (tmp_path / "a-file").write_text("")
+    assert_one_line(cli(*run_args(tiny_dir, tmp_path / "a-file" / "run", "--limit-train", 8, "--limit-eval", 4,
+                                  glue_dir=glue_dir)), "NotADirectoryError")

@@ -244,20 +244,21 @@ def test_count_only_plans_scope_tensor_exactly_and_says_what_global_cannot(tmp_p
     folder = tmp_path / "config-only"
     folder.mkdir()
     config = dict(model_type="bert", vocab_size=10, hidden_size=4, num_hidden_layers=3, num_attention_heads=2,
-                  intermediate_size=8, max_position_embeddings=6, type_vocab_size=2)
+                  intermediate_size=8, max_position_embeddings=8, type_vocab_size=2)
     (folder / "config.json").write_text(json.dumps(config))
     record = run.main(["--task", "rte", "--method", "random", "--mode", "pt", "--model", str(folder), "--count-only",
-                       "--sparsity", "0.1", "--output-dir", str(tmp_path / "out")])
-    # By hand, floor(0.1·numel) per tensor: E word 40 → 4, position 24 → 2, the rest 0 (6 in all);
+                       "--sparsity", "0.1", "--max-length", "8", "--output-dir", str(tmp_path / "out")])
+    # By hand, floor(0.1·numel) per tensor: E word 40 → 4, position 32 → 3, the rest 0 (7 in all);
     # a block: Q, K, V, attention-out weights 16 → 1 each, FFN weights 32 → 3 each, biases/LayerNorms 0 (10);
     # the head trains whole: pooler 4·4+4, classifier 4·2+2 = 30.
-    assert record["trainable_params"] == 6 + 3 * 10 + 30
-    assert record["updated_params_per_epoch"] == [66, 56, 46]
-    assert record["baseline_updated_params"] == 3 * 66
+    assert record["trainable_params"] == 7 + 3 * 10 + 30
+    assert record["updated_params_per_epoch"] == [67, 57, 47]
+    assert record["baseline_updated_params"] == 3 * 67
     run.main(["--task", "rte", "--method", "random", "--model", str(folder), "--count-only", "--sparsity", "0.1",
-              "--mask-scope", "global", "--output-dir", str(tmp_path / "global")])
+              "--max-length", "8", "--mask-scope", "global", "--output-dir", str(tmp_path / "global")])
     printed = capsys.readouterr().out
-    assert "depends on the mask" in printed and "k = 59 of 596 eligible entries" in printed
+    # eligible: E 40 + 32 + 8 + 8 = 88 and 3 blocks of 172: 604 entries, of which floor(0.1·604) = 60
+    assert "depends on the mask" in printed and "k = 60 of 604 eligible entries" in printed
 
 
 def test_resume_through_an_interrupted_burn_in_and_training_is_bitwise(tmp_path, tiny_dir, glue_dir):  # noqa: F811
