@@ -75,6 +75,9 @@ def matthews_corrcoef(preds: ArrayLike, labels: ArrayLike) -> float:
     """Matthews correlation coefficient, in its multiclass form (Gorodkin 2004), which equals the
     binary (TP·TN − FP·FN) / sqrt(...) formula when there are two classes, as in CoLA."""
     preds_array, labels_array = _as_paired_arrays(preds, labels)
+    if any(array.dtype.kind == "f" and not np.isfinite(array).all() for array in (preds_array, labels_array)):
+        # nan != nan: a NaN "class" would count as neither right nor any class, and the result look valid.
+        raise ValueError("Matthews correlation needs class predictions and labels, got nan or inf")
     classes = np.union1d(preds_array, labels_array)
     # Floats on purpose: for a dev set of n examples the products below reach n^4, which overflows
     # int64 once n exceeds about 55,000.

@@ -56,7 +56,7 @@ DASH = "—"
 SUBSET_MARK = "†"
 # Boolean run options that change the numbers without being part of the recipe; a row trained with one
 # shows it next to the method, so it is never read as the plain recipe.
-VARIANT_LABELS = {"amp": "autocast", "freeze_embeddings": "E frozen"}
+VARIANT_LABELS = {"amp": "autocast", "freeze_embeddings": "E frozen", "random_init": "random init"}
 # A recomputed mean may differ from run.py's summary by float rounding, not by more.
 SUMMARY_TOLERANCE = 1e-6
 

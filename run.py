@@ -50,7 +50,8 @@ import data
 import glue_eval
 import sparse
 import squad_eval
-from model import Transformer, from_pretrained, load_config, load_tokenizer, part_of
+from model import (Transformer, from_pretrained, load_config, load_tokenizer, part_of, resolve_checkpoint,
+                   weight_files)
 from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, ParameterCounts, add_method, apply_stage,
                         count_parameters, plan_stages, stage_diagram, stage_of_step, trainable_names)
 from sparse import SPARSE_METHODS
@@ -133,6 +134,7 @@ class Settings:
     amp: bool = False
     amp_dtype: str = "auto"  # with amp: "auto" (bf16 where the device has it, else fp16), "bf16" or "fp16"
     freeze_embeddings: bool = False
+    random_init: bool = False  # train from random weights; refused unless asked for, marked in the records
     adapter_size: int = 64
     lora_r: int = 8
     lora_alpha: float = 8.0
@@ -164,7 +166,7 @@ class Settings:
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
                 "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
-                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps")
+                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps", "random_init")
         return {k: getattr(self, k) for k in keys}
 
     def differences(self, recorded: dict) -> dict:
@@ -204,6 +206,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay for matrices (not biases/LayerNorm)")
     g.add_argument("--freeze-embeddings", action="store_true",
                    help="beyond the paper: never train E, so backward stops at the lowest trainable block")
+    g.add_argument("--random-init", action="store_true",
+                   help="train from randomly initialised weights, not the checkpoint's (a baseline; a model "
+                        "folder without weights is refused otherwise); marked in results.json and report.py")
     g = p.add_argument_group("PEFT methods")
     g.add_argument("--adapter-size", type=int, help="adapter bottleneck m (default 64)")
     g.add_argument("--lora-r", type=int, help="LoRA rank r (default 8)")
@@ -289,7 +294,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         seeds=seeds, output_dir=args.output_dir or str(Path("runs") / (("count-" if args.count_only else "") + name)),
         device=device, compile=args.compile if args.compile is not None else device.startswith("cuda"),
         compile_backend=args.compile_backend, amp=amp, amp_dtype=args.amp_dtype,
-        freeze_embeddings=args.freeze_embeddings,
+        freeze_embeddings=args.freeze_embeddings, random_init=args.random_init,
         adapter_size=args.adapter_size if args.adapter_size is not None else 64,
         lora_r=args.lora_r if args.lora_r is not None else 8,
         lora_alpha=args.lora_alpha if args.lora_alpha is not None else 8.0,
@@ -343,9 +348,12 @@ def head_for(settings: Settings) -> tuple[str, int | None]:
 
 def build_model(settings: Settings, weights: bool = True) -> Transformer:
     """The pretrained encoder with the task head and the method's modules; weights=False builds it from
-    config.json alone with uninitialised tensors (right names and shapes, for planning and counting)."""
+    config.json alone with uninitialised tensors (right names and shapes, for planning and counting).
+    --random-init: BERT's random initialisation instead of the checkpoint's weights."""
     head, num_labels = head_for(settings)
-    if weights:
+    if weights and settings.random_init:
+        model = Transformer(load_config(settings.model), head=head, num_labels=num_labels)
+    elif weights:
         model = from_pretrained(settings.model, head=head, num_labels=num_labels)
     else:
         config = load_config(settings.model)
@@ -599,6 +607,22 @@ def _read_json(path: Path) -> dict:
     return value
 
 
+def read_log(path: Path) -> list[dict]:
+    """A seed's log.jsonl as one history. A run killed without a checkpoint of its last steps logged them
+    once, and its --resume logs them again after a "resumed" event: the earlier lines past the resumed
+    position are dropped here, so nothing is counted twice."""
+    history: list[dict] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry["event"] == "resumed":
+            history = [e for e in history if not (
+                (e["event"] == "progress" and e["step"] > entry["step"])
+                or (e["event"] == "stage" and e["step"] >= entry["step"])
+                or (e["event"] == "epoch" and e["epoch"] >= entry["epoch"]))]
+        history.append(entry)
+    return history
+
+
 def append_log(path: Path, entry: dict) -> None:
     with open(path, "a", encoding="utf-8") as file:
         file.write(json.dumps(_json_safe({"time": time.time(), **entry})) + "\n")
@@ -627,7 +651,8 @@ def summarize(runs: list[dict]) -> dict:
         for report_name, metrics in run["final"].items():
             for metric, value in metrics.items():
                 summary.setdefault(report_name, {}).setdefault(metric, []).append(value)
-    return {name: {metric: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+    # One seed has no sample spread: its std is null, not a 0 that reads as "no variation".
+    return {name: {metric: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None,
                             "n": len(v)}
                    for metric, v in metrics.items() if all(isinstance(x, (int, float)) and math.isfinite(x)
                                                            for x in v)}
@@ -778,6 +803,26 @@ def autocast(settings: Settings):
                           enabled=dtype is not None)
 
 
+def non_finite_loss(model, batch: dict, loss: torch.Tensor, settings: Settings, where: str,
+                    first: bool) -> FloatingPointError:
+    """What is not finite -- the weights, the targets, or the loss of finite ones -- and what to do, since
+    the answer differs: a broken checkpoint, broken data, or a learning rate that diverged."""
+    broken = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None and first:
+        cause = (f"the weights already hold nan or inf ({broken.removeprefix('_orig_mod.')}) before any step: "
+                 f"the checkpoint {settings.model} is broken; get it again")
+    elif broken is not None:
+        cause = (f"training diverged: {broken.removeprefix('_orig_mod.')} holds nan or inf; lower --lr "
+                 f"(now {settings.lr})")
+    elif any(v.is_floating_point() and not torch.isfinite(v).all() for v in batch.values()):
+        cause = "the batch's targets hold nan or inf: check the training data"
+    elif first:
+        cause = "weights and targets are finite, yet the first loss is not: check the model's config.json"
+    else:
+        cause = f"weights and targets are finite and the loss overflowed: lower --lr (now {settings.lr})"
+    return FloatingPointError(f"loss is {loss.item()} at {where}: {cause}")
+
+
 def make_optimizer(model: Transformer, names: list[str], settings: Settings,
                    mask: sparse.Mask | None = None) -> torch.optim.Optimizer:
     """AdamW over the parameters that ever train; decay for matrices only, none for biases and LayerNorm.
@@ -830,16 +875,15 @@ def model_inputs(batch: dict, settings: Settings) -> tuple[torch.Tensor, torch.T
 
 
 def train_step(step_model, batch: dict, settings: Settings, optimizer: torch.optim.Optimizer, scaler,
-               trainable: list[torch.nn.Parameter], where: str) -> torch.Tensor:
+               trainable: list[torch.nn.Parameter], where: str, first: bool = False) -> torch.Tensor:
     """One optimizer step: forward under autocast -> backward -> (unscale) -> clip -> step -> zero_grad.
     With fp16 the GradScaler's step skips the update when a gradient is inf or nan (and lowers the
-    scale); clipping after unscale_ sees the true gradient norm."""
+    scale); clipping after unscale_ sees the true gradient norm. first: no step of this run came before."""
     with autocast(settings):
         output = step_model(*model_inputs(batch, settings))
         loss = compute_loss(settings, output, batch)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at {where}; lower --lr (now {settings.lr}) or check "
-                                 "the data")
+        raise non_finite_loss(step_model, batch, loss, settings, where, first)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -904,6 +948,9 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
         position = meta["position"]
         print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
               f"step {position['step_in_epoch']} of {steps_per_epoch}")
+        # Lines an earlier attempt logged past this checkpoint are superseded from here on (read_log).
+        append_log(log_path, {"event": "resumed", "epoch": position["epoch"] + 1,
+                              "step": position["epoch"] * steps_per_epoch + position["step_in_epoch"]})
     mask_tensors = {f"mask/{name}": indices for name, indices in (mask or {}).items()}
 
     def checkpoint():
@@ -949,7 +996,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 batch = {k: v.to(settings.device, non_blocking=True) for k, v in batch.items()}
                 graphs_before, step_started = counter.graphs if counter else 0, time.perf_counter()
                 loss = train_step(step_model, batch, settings, optimizer, scaler, trainable,
-                                  f"epoch {epoch + 1} step {step_in_epoch}")
+                                  f"epoch {epoch + 1} step {step_in_epoch}", first=step == 0)
                 loss_value = loss.item()  # waits for the GPU, so the step's time below is its whole time
                 if counter is not None:
                     # Compile time apart from training time: the steps that built a graph, whole.
@@ -982,6 +1029,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                                            and burn_in_here + steps_done_here >= settings.interrupt_after_steps):
                     run["wall_seconds"] += time.perf_counter() - started
                     run["status"] = "interrupted"
+                    position["epoch_seconds_before"] = (position.get("epoch_seconds_before", 0.0)
+                                                        + time.perf_counter() - epoch_started)
                     checkpoint()
                     append_log(log_path, {"event": "interrupted", "epoch": epoch + 1, "step": step + 1})
                     raise Interrupted(f"seed {seed}: interrupted at epoch {epoch + 1} step {step_in_epoch + 1}; "
@@ -990,10 +1039,14 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
 
             train_loss = position["loss_sum"] / max(1, position["loss_count"])
             metrics = evaluate(settings, model, task_data, tokenizer, seed_dir)
-            epoch_seconds = time.perf_counter() - epoch_started
+            # An epoch resumed after an interrupt: its whole time, and the part before the interrupt apart.
+            before = position.get("epoch_seconds_before", 0.0)
+            epoch_seconds = before + time.perf_counter() - epoch_started
             record = {"epoch": epoch + 1, "stage": stage, "trainable_blocks": stages[stage - 1],
                       "train_loss": train_loss, "metrics": metrics, "wall_seconds": epoch_seconds,
                       "updated_params": counts.updated_params_per_epoch[epoch]}
+            if before:
+                record["wall_seconds_before_interrupt"] = before
             run["epochs"].append(record)
             run["wall_seconds"] += time.perf_counter() - started
             started = time.perf_counter()
@@ -1225,6 +1278,11 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{positions} or less")
     if settings.count_only:
         return count_only(settings)
+    folder = resolve_checkpoint(settings.model)
+    if not settings.random_init and not weight_files(folder):
+        raise SystemExit(f"error: {folder} has config.json but no model.safetensors, so training would start "
+                         "from random weights; add the weights, or pass --random-init if a random start is what "
+                         "you mean (the records then say so)")
 
     out = Path(settings.output_dir)
     results_path = out / "results.json"
@@ -1296,7 +1354,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"results: {results_path}")
     for report_name, metrics in results["summary"].items():
-        print(f"  {report_name}: " + ", ".join(f"{m} {s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
+        print(f"  {report_name}: " + ", ".join(f"{m} {s['mean']:.2f}"
+                                               + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+                                               + f" (n={s['n']})"
                                                for m, s in metrics.items()))
     return results
 
@@ -1326,7 +1386,8 @@ def checkpoint_meta(path: Path) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (OSError, ValueError, SafetensorError, data.GlueDownloadError, data.SquadDownloadError) as error:
+    except (OSError, ValueError, FloatingPointError, SafetensorError, data.GlueDownloadError,
+            data.SquadDownloadError) as error:
         # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
         # no network): one clear line, no traceback. OSError covers the file system and the network.
         raise SystemExit(f"error: {type(error).__name__ + ': ' if isinstance(error, OSError) else ''}{error}") \

@@ -159,6 +159,7 @@ def _best_threshold(
     raw_scores: dict[str, float],
     na_probs: Mapping[str, float],
     has_answer: dict[str, bool],
+    missing: int = 0,
 ) -> tuple[float, float]:
     """The official find_best_thresh: the best score over no-answer thresholds, and that threshold.
 
@@ -166,7 +167,8 @@ def _best_threshold(
     no-answer bar one question at a time in increasing na_prob order (a stable sort, so ties keep
     na_probs' own order). Each question switched to "answer" adds its raw score if it has an answer,
     and costs 1 if it has none and the model wrote a non-empty string (judged on the raw string,
-    not normalized). Only a strictly better score moves the threshold.
+    not normalized). Only a strictly better score moves the threshold. `missing` questions without a
+    prediction score 0 at every threshold: they only add to the denominator.
     """
     score = float(sum(1 for question_id in raw_scores if not has_answer[question_id]))
     best_score = score
@@ -181,7 +183,7 @@ def _best_threshold(
         if score > best_score:
             best_score = score
             best_threshold = na_probs[question_id]
-    return 100.0 * best_score / len(raw_scores), best_threshold
+    return 100.0 * best_score / (len(raw_scores) + missing), best_threshold
 
 
 def evaluate_v2(
@@ -193,10 +195,10 @@ def evaluate_v2(
     """SQuAD v2.0 metrics with the official keys, scores in percent.
 
     A question whose na_prob exceeds na_prob_thresh counts as answered with "no answer". A question
-    without a prediction is reported ("Missing prediction for <id>") and left out of every count,
-    as the official script leaves it out of "total". (The official script then fails with a
-    KeyError while computing the HasAns/NoAns split; here the splits, and best_* below, cover the
-    predicted questions only, consistent with "total".)
+    without a prediction is reported ("Missing prediction for <id>", then how many) and scores 0 on
+    every measure and split, as v1.1's official script scores it: it stays in "total", so a file that
+    predicts only the questions it gets right cannot score 100. (The official v2.0 script leaves it out
+    of "total" and then fails with a KeyError in the HasAns/NoAns split.)
     """
     _check_predictions(predictions)
     if na_probs is not None:
@@ -205,12 +207,14 @@ def evaluate_v2(
     exact_raw: dict[str, float] = {}
     f1_raw: dict[str, float] = {}
     has_answer: dict[str, bool] = {}
+    unpredicted: list[str] = []
     for question_id, gold_texts in questions:
+        has_answer[question_id] = bool(gold_texts)
         if question_id not in predictions:
             # stderr, not the official stdout, so that the CLI's stdout stays valid JSON.
             print(f"Missing prediction for {question_id}", file=sys.stderr)
+            unpredicted.append(question_id)
             continue
-        has_answer[question_id] = bool(gold_texts)
         # Gold answers that normalize to nothing (e.g. "the") are dropped; with none left, the only
         # correct answer is "no answer".
         gold_answers = [text for text in gold_texts if normalize_answer(text)] or [""]
@@ -242,6 +246,11 @@ def evaluate_v2(
 
     exact_final = thresholded(exact_raw)
     f1_final = thresholded(f1_raw)
+    if unpredicted:
+        print(f"{len(unpredicted)} of {len(questions)} questions have no prediction; each scores 0",
+              file=sys.stderr)
+    for question_id in unpredicted:  # no credit, whatever the threshold
+        exact_final[question_id] = f1_final[question_id] = 0.0
     result: dict[str, float] = {}
     splits = [
         ("", list(exact_final)),
@@ -256,10 +265,10 @@ def evaluate_v2(
         result[f"{prefix}total"] = len(question_ids)
     if na_probs is not None:
         result["best_exact"], result["best_exact_thresh"] = _best_threshold(
-            predictions, exact_raw, na_probs, has_answer
+            predictions, exact_raw, na_probs, has_answer, len(unpredicted)
         )
         result["best_f1"], result["best_f1_thresh"] = _best_threshold(
-            predictions, f1_raw, na_probs, has_answer
+            predictions, f1_raw, na_probs, has_answer, len(unpredicted)
         )
     return result
 

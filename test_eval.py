@@ -330,11 +330,18 @@ def test_best_threshold_judges_answering_on_the_raw_prediction() -> None:
     assert (result["best_exact"], result["best_exact_thresh"]) == (50.0, 0.0)
 
 
-def test_evaluate_v2_missing_prediction_is_reported_and_skipped(capsys: pytest.CaptureFixture) -> None:
-    result = evaluate_v2(make_dataset("v2.0", V2_ANSWERS), {"q1": "Denver Broncos", "q3": ""})
-    assert "Missing prediction for q2" in capsys.readouterr().err
-    assert result["exact"] == 100.0
-    assert (result["total"], result["HasAns_total"], result["NoAns_total"]) == (2, 1, 1)
+def test_evaluate_v2_missing_prediction_is_reported_and_scores_zero(capsys: pytest.CaptureFixture) -> None:
+    # q1 (answerable) and q3 (no answer) predicted right; q2 (answerable) and q4 (no answer) missing: they
+    # count as wrong on both splits, so predicting only what one gets right cannot score 100.
+    result = evaluate_v2(make_dataset("v2.0", V2_ANSWERS), {"q1": "Denver Broncos", "q3": ""},
+                         na_probs={"q1": 0.1, "q3": 0.9})
+    err = capsys.readouterr().err
+    assert "Missing prediction for q2" in err and "2 of 4 questions have no prediction; each scores 0" in err
+    assert (result["exact"], result["HasAns_exact"], result["NoAns_exact"]) == (50.0, 50.0, 50.0)
+    assert (result["total"], result["HasAns_total"], result["NoAns_total"]) == (4, 2, 2)
+    assert result["best_exact"] == 50.0  # the threshold search cannot give a missing question credit either
+    only_answerable = evaluate_v2(make_dataset("v2.0", V2_ANSWERS), {"q1": "Denver Broncos"})
+    assert only_answerable["exact"] == 25.0 and only_answerable["NoAns_exact"] == 0.0
     with pytest.raises(ValueError, match="none of the dataset's 4 questions has a prediction"):
         evaluate_v2(make_dataset("v2.0", V2_ANSWERS), {"other": "x"})
     with pytest.raises(ValueError, match="na_probs has no entry for 1 predicted question"):
@@ -608,3 +615,8 @@ def test_glue_cli_split_must_belong_to_the_task(tmp_path: Path) -> None:
     predictions = write_glue_predictions(tmp_path / "p.tsv", ["entailment"])
     with pytest.raises(SystemExit, match="'dev_matched' is not a dev split of GLUE task 'rte'"):
         glue_eval.main(["rte", str(predictions), "--split", "dev_matched", "--data-dir", str(tmp_path)])
+
+
+def test_matthews_refuses_non_finite_class_predictions() -> None:
+    with pytest.raises(ValueError, match="needs class predictions and labels, got nan or inf"):
+        glue_eval.matthews_corrcoef([0.0, 1.0, float("nan"), 1.0], [0, 1, 0, 1])

@@ -352,3 +352,9 @@ def test_count_only_plans_are_left_out_with_a_note(tmp_path):
     plan.write_text(json.dumps({"kind": "progtuning-count", "format_version": 1}))
     row, notes = report.load_results(plan)
     assert row is None and "--count-only" in notes[0]
+
+
+def test_random_init_runs_are_labelled(tmp_path: Path) -> None:
+    random = write_results(tmp_path / "random", make_results(finals=[{"rte": {"accuracy": 52.0}}], random_init=True))
+    assert report_lines([random])[4:] == [
+        "| rte | full [random init] | pt | shrink | 2e-05 | 52.0 | 1 | 68.0M | 22.0% | 3.0 |"]

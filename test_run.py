@@ -136,7 +136,7 @@ def test_lr_schedule():
 
 # ------------------------------------------------------------------------------------------ training
 
-def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir, monkeypatch):
+def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir, monkeypatch, capsys):
     """One uninterrupted run; one that crashes right after epoch 1's checkpoint and is resumed; one
     interrupted mid-epoch and resumed. All three end bitwise equal, and part 1's blocks never move after
     epoch 1."""
@@ -144,12 +144,15 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
               "--save-trained")
     straight = tmp_path / "straight"
     results = run.main(run_args(tiny_dir, straight, *common, glue_dir=glue_dir))
+    printed = capsys.readouterr().out
+    assert "rte: accuracy" in printed and "(n=1)" in printed and "± 0.00 (n=1)" not in printed
     record = results_of(straight)
     assert record["kind"] == run.RESULTS_KIND and record["runs"][0]["status"] == "complete"
     epochs = record["runs"][0]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2] and [e["trainable_blocks"] for e in epochs] == [[0, 1, 2, 3], [2, 3]]
     assert record["updated_params_per_epoch"] == [e["updated_params"] for e in epochs]
-    assert record["summary"]["rte"]["accuracy"]["n"] == 1
+    # one seed: no spread, stored as null and printed without "± 0.00"
+    assert record["summary"]["rte"]["accuracy"]["n"] == 1 and record["summary"]["rte"]["accuracy"]["std"] is None
     assert record["majority_baseline"]["rte"]["accuracy"] > 0
     for key in ("total_params", "trainable_params", "updated_params", "environment", "settings", "main_metric"):
         assert key in record
@@ -201,6 +204,25 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     for name in straight_weights:
         assert torch.equal(again[name], straight_weights[name]), name
     assert results_of(interrupted)["runs"][0]["final"] == record["runs"][0]["final"]
+
+    epoch_1_record = results_of(interrupted)["runs"][0]["epochs"][0]  # 3 steps, an interrupt, 5 more steps
+    assert 0 < epoch_1_record["wall_seconds_before_interrupt"] < epoch_1_record["wall_seconds"]
+
+    # Killed (SIGKILL: no checkpoint) in epoch 2 after its steps were logged: the resumed attempt logs them
+    # again after a "resumed" event, and read_log gives one history with nothing counted twice.
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    shutil.copy(after_epoch_1, killed / "seed-1" / "checkpoint.safetensors")
+    data = results_of(killed)
+    data["runs"][0].update(status="running", epochs=data["runs"][0]["epochs"][:1], final=None)
+    (killed / "results.json").write_text(json.dumps(data))
+    run.main(run_args(tiny_dir, killed, *common, "--resume", glue_dir=glue_dir))
+    raw = [json.loads(line) for line in (killed / "seed-1" / "log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in raw].count("progress") == 16 + 8
+    history = run.read_log(killed / "seed-1" / "log.jsonl")
+    assert [e["step"] for e in history if e["event"] == "progress"] == list(range(1, 17))
+    assert [e["epoch"] for e in history if e["event"] == "epoch"] == [1, 2]
+    assert [(e["epoch"], e["step"]) for e in history if e["event"] == "resumed"] == [(2, 8)]
 
     # Resuming with a different recipe is refused, naming what differs.
     (interrupted / "seed-1" / "checkpoint.safetensors").unlink()
@@ -494,3 +516,43 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path, tiny_dir, glue_dir):
     (tmp_path / "a-file").write_text("")
     assert_one_line(cli(*run_args(tiny_dir, tmp_path / "a-file" / "run", "--limit-train", 8, "--limit-eval", 4,
                                   glue_dir=glue_dir)), "NotADirectoryError")
+
+
+def test_nan_weights_are_named_as_a_broken_checkpoint(tmp_path, tiny_dir, glue_dir):
+    broken = tmp_path / "nan-weights"
+    shutil.copytree(tiny_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["encoder.layer.0.attention.self.query.weight"][0, 0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"))
+    assert_one_line(cli(*run_args(broken, tmp_path / "out", "--limit-train", 8, "--limit-eval", 4, glue_dir=glue_dir)),
+                    "loss is nan at epoch 1 step 0", "encoder.layer.0.attention.self.query.weight",
+                    "before any step", "is broken")
+
+
+def test_non_finite_loss_says_what_is_not_finite(tiny_dir):
+    model = M.from_pretrained(tiny_dir, head="classification", num_labels=2)
+    settings = run.Settings(task="stsb", model=str(tiny_dir), lr=1e-3)
+    nan = torch.tensor(float("nan"))
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([1.0, 2.0])}
+    assert "the loss overflowed: lower --lr (now 0.001)" in str(run.non_finite_loss(model, batch, nan, settings, "x",
+                                                                                    first=False))
+    assert "check the model's config.json" in str(run.non_finite_loss(model, batch, nan, settings, "x", first=True))
+    bad_labels = {**batch, "labels": torch.tensor([1.0, float("inf")])}
+    assert "targets hold nan or inf" in str(run.non_finite_loss(model, bad_labels, nan, settings, "x", first=False))
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("inf")
+    message = str(run.non_finite_loss(model, batch, nan, settings, "epoch 2 step 5", first=False))
+    assert message.startswith("loss is nan at epoch 2 step 5: training diverged: classifier.weight")
+
+
+def test_a_folder_without_weights_is_refused_unless_random_init(tmp_path, tiny_dir, glue_dir):
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    short = ("--epochs", 1, "--limit-train", 8, "--limit-eval", 4)
+    assert_one_line(cli(*run_args(no_weights, tmp_path / "a", *short, glue_dir=glue_dir)),
+                    "no model.safetensors", "--random-init")
+    assert not (tmp_path / "a" / "results.json").exists()
+    run.main(run_args(no_weights, tmp_path / "b", *short, "--random-init", glue_dir=glue_dir))
+    record = results_of(tmp_path / "b")
+    assert record["settings"]["random_init"] is True and record["runs"][0]["status"] == "complete"
