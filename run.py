@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -166,7 +167,7 @@ class Settings:
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
                 "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
-                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps", "random_init")
+                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps", "random_init", "limit_eval")
         return {k: getattr(self, k) for k in keys}
 
     def differences(self, recorded: dict) -> dict:
@@ -477,6 +478,27 @@ class TaskData:
     train: data.Encoded
     evals: list[EvalSet]
     majority_baseline: dict
+    files: dict = field(default_factory=dict)  # "<folder>/<file>" -> {"bytes", "sha256"}: what was read
+
+
+def fingerprint(paths: list[Path]) -> dict:
+    """Size and SHA-256 of each data file, so a --resume can prove it trains and scores the same data."""
+    prints = {}
+    for path in paths:
+        path = Path(path)
+        prints[f"{path.parent.name}/{path.name}"] = {"bytes": path.stat().st_size,
+                                                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return prints
+
+
+def check_same_data(recorded: dict | None, files: dict, where: Path) -> None:
+    """--resume must go on with the data the record was made from (not merely as many rows)."""
+    if recorded is None:
+        return  # a record from before fingerprints were kept
+    differing = sorted(k for k in set(recorded) | set(files) if recorded.get(k) != files.get(k))
+    if differing:
+        raise SystemExit(f"error: --resume reads other data than {where} was made from ({', '.join(differing)} "
+                         "differ in size or content); use the same --data-dir and files, or another --output-dir")
 
 
 def load_task_data(settings: Settings, tokenizer) -> TaskData:
@@ -487,6 +509,7 @@ def load_task_data(settings: Settings, tokenizer) -> TaskData:
     data_dir = data.glue_data_dir(settings.data_dir)
     train_examples = data.read_glue(settings.task, "train", data_dir)
     _report_skipped(train_examples)
+    paths = [train_examples.path]
     if settings.limit_train:
         train_examples = train_examples[:settings.limit_train]
     train = data.encode_glue(train_examples, tokenizer, settings.max_length, task.is_regression)
@@ -494,13 +517,14 @@ def load_task_data(settings: Settings, tokenizer) -> TaskData:
     for split in task.dev_splits:
         examples = data.read_glue(settings.task, split.name, data_dir)
         _report_skipped(examples)
+        paths.append(examples.path)
         if settings.limit_eval:
             examples = examples[:settings.limit_eval]
         encoded = data.encode_glue(examples, tokenizer, settings.max_length, task.is_regression)
         evals.append(EvalSet(split.report_name, encoded, examples))
         baseline[split.report_name] = _majority_metrics(split.report_name, train.targets["labels"],
                                                         encoded.targets["labels"], task.is_regression)
-    return TaskData(train, evals, baseline)
+    return TaskData(train, evals, baseline, fingerprint(paths))
 
 
 def _report_skipped(examples) -> None:
@@ -532,7 +556,8 @@ def _load_squad(settings: Settings, tokenizer) -> TaskData:
     baseline = {settings.task: _squad_metrics(settings.task, dataset, {e.id: "" for e in dev_examples}, None)}
     print(f"SQuAD: {len(train_examples)} training questions -> {len(train)} windows; "
           f"{len(dev_examples)} dev questions -> {len(features.encoded)} windows")
-    return TaskData(train, [EvalSet(settings.task, features.encoded, dev_examples, features, dataset)], baseline)
+    return TaskData(train, [EvalSet(settings.task, features.encoded, dev_examples, features, dataset)], baseline,
+                    fingerprint([train_path, dev_path]))
 
 
 def _squad_subset(dataset: dict, ids: set[str]) -> dict:
@@ -924,6 +949,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                              f"{ {k: a for k, (a, b) in differing.items()} }; this run has "
                              f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
                              "start over with --overwrite")
+        check_same_data(meta.get("data_files"), task_data.files, checkpoint_path)
         run = meta["run"]
     elif log_path.exists():
         log_path.unlink()  # a fresh start; an old log would mix two runs
@@ -954,7 +980,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     mask_tensors = {f"mask/{name}": indices for name, indices in (mask or {}).items()}
 
     def checkpoint():
-        meta = {"settings": settings.run_defining(), "seed": seed, "position": position, "run": run}
+        meta = {"settings": settings.run_defining(), "seed": seed, "position": position, "run": run,
+                "data_files": task_data.files}
         save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta, mask_tensors)
 
     stage, step_model, compiled_for, compile_record = None, model, None, None
@@ -1170,7 +1197,8 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
                             "burn_in_step": done + i}
                 save_checkpoint(checkpoint_path, model, None, [], None,
                                 {"settings": settings.run_defining(), "seed": seed, "position": position,
-                                 "run": run}, {f"burnin/{name}": total for name, total in sums.items()})
+                                 "run": run, "data_files": task_data.files},
+                                {f"burnin/{name}": total for name, total in sums.items()})
                 raise Interrupted(f"seed {seed}: interrupted in SAM's burn-in after batch {done + i} of {steps}; "
                                   f"checkpoint written to {checkpoint_path}; continue with --resume",
                                   interrupt.exit_code)
@@ -1323,9 +1351,10 @@ def main(argv: list[str] | None = None) -> dict:
     main_metric = "f1" if settings.is_squad else glue_eval.main_metric(settings.task)
     results = {"kind": RESULTS_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
                "main_metric": main_metric, "stages": stages, **counts_record(counts),
-               "majority_baseline": task_data.majority_baseline, "runs": [], "summary": {},
-               "environment": environment(settings)}
+               "majority_baseline": task_data.majority_baseline, "data_files": task_data.files, "runs": [],
+               "summary": {}, "environment": environment(settings)}
     if previous is not None:
+        check_same_data(previous.get("data_files"), task_data.files, results_path)
         results["runs"] = [r for r in previous.get("runs", []) if r.get("seed") in settings.seeds]
 
     def save(run: dict) -> None:

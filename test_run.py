@@ -556,3 +556,27 @@ def test_a_folder_without_weights_is_refused_unless_random_init(tmp_path, tiny_d
     run.main(run_args(no_weights, tmp_path / "b", *short, "--random-init", glue_dir=glue_dir))
     record = results_of(tmp_path / "b")
     assert record["settings"]["random_init"] is True and record["runs"][0]["status"] == "complete"
+
+
+def test_resume_refuses_other_data_and_another_dev_subset(tmp_path, tiny_dir, glue_dir):
+    other = tmp_path / "glue"
+    (other / "RTE").mkdir(parents=True)
+    shutil.copy(glue_dir / "RTE" / "dev.tsv", other / "RTE" / "dev.tsv")
+    lines = (glue_dir / "RTE" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    # the same header and row count, other rows: only the content tells them apart
+    (other / "RTE" / "train.tsv").write_text("\n".join([lines[0]] + lines[1:][::-1]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    short = ("--epochs", 1, "--limit-train", 8, "--limit-eval", 4, "--batch-size", 4)
+    with pytest.raises(SystemExit):
+        run.main(run_args(tiny_dir, out, *short, "--interrupt-after-steps", 1, glue_dir=glue_dir))
+    assert set(results_of(out)["data_files"]) == {"RTE/train.tsv", "RTE/dev.tsv"}
+    with pytest.raises(SystemExit, match=r"reads other data than .*results.json .*RTE/train.tsv"):
+        run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=other))
+    (out / "results.json").unlink()  # the checkpoint keeps the fingerprint too
+    with pytest.raises(SystemExit, match=r"reads other data than .*checkpoint.safetensors .*RTE/train.tsv"):
+        run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=other))
+    with pytest.raises(SystemExit, match="limit_eval"):
+        run.main(run_args(tiny_dir, out, *short[:-4], "--limit-eval", 6, "--batch-size", 4, "--resume",
+                          glue_dir=glue_dir))
+    run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=glue_dir))
+    assert results_of(out)["runs"][0]["status"] == "complete"
