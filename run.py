@@ -150,6 +150,7 @@ class Settings:
     resume: bool = False
     overwrite: bool = False
     save_trained: bool = False
+    keep_checkpoint: bool = True  # a finished seed's checkpoint (weights + AdamW moments: ~3x the model)
     count_only: bool = False
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
     preset_source: str = ""
@@ -227,6 +228,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     g.add_argument("--output-dir", help="default runs/<task>-<mode>-<method>[-<schedule>]")
     g.add_argument("--resume", action="store_true", help="continue unfinished seeds from their checkpoints")
     g.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
+    g.add_argument("--keep-checkpoint", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep a finished seed's checkpoint.safetensors (it holds the trained weights and AdamW's "
+                        "two moments, about 3x the model's size); --no-keep-checkpoint deletes it once the seed "
+                        "is complete and recorded")
     g.add_argument("--save-trained", action="store_true",
                    help="write seed-<k>/trained.safetensors with only the parameters that ever trained")
     g.add_argument("--count-only", action="store_true",
@@ -304,6 +309,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         mask_scope=args.mask_scope or "tensor", burn_in_steps=args.burn_in_steps,
         null_threshold=args.null_threshold, limit_train=args.limit_train, limit_eval=args.limit_eval,
         log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, save_trained=args.save_trained,
+        keep_checkpoint=args.keep_checkpoint,
         count_only=args.count_only, interrupt_after_steps=args.interrupt_after_steps, preset_source=source)
     checks = [("--epochs", settings.epochs >= 1, settings.epochs, ">= 1"),
               ("--stages", settings.stages >= 1, settings.stages, ">= 1"),
@@ -1104,6 +1110,9 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
             save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(path),
                       metadata={"progtuning": json.dumps(meta)})
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
+    if not settings.keep_checkpoint and run["status"] == "complete":
+        checkpoint_path.unlink(missing_ok=True)
+        print(f"removed {checkpoint_path} (--no-keep-checkpoint; the seed is complete)")
     return run
 
 

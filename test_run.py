@@ -580,3 +580,12 @@ def test_resume_refuses_other_data_and_another_dev_subset(tmp_path, tiny_dir, gl
                           glue_dir=glue_dir))
     run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=glue_dir))
     assert results_of(out)["runs"][0]["status"] == "complete"
+
+
+def test_no_keep_checkpoint_removes_a_finished_seeds_checkpoint(tmp_path, tiny_dir, glue_dir):
+    short = ("--epochs", 1, "--limit-train", 8, "--limit-eval", 4, "--batch-size", 4)
+    run.main(run_args(tiny_dir, tmp_path / "keep", *short, glue_dir=glue_dir))
+    assert (tmp_path / "keep" / "seed-1" / "checkpoint.safetensors").is_file()
+    run.main(run_args(tiny_dir, tmp_path / "drop", *short, "--no-keep-checkpoint", glue_dir=glue_dir))
+    assert not (tmp_path / "drop" / "seed-1" / "checkpoint.safetensors").exists()
+    assert results_of(tmp_path / "drop")["runs"][0]["status"] == "complete"
