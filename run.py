@@ -1182,14 +1182,11 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
     started = time.perf_counter()
 
     def batches():
-        for epoch in itertools.count():
-            for i, batch in enumerate(data.batches(task_data.train, settings.batch_size, pad_token_id,
-                                                   epoch_order(len(task_data.train), seed, epoch))):
-                step = epoch * math.ceil(len(task_data.train) / settings.batch_size) + i
-                if step >= steps:
-                    return
-                if step >= done:
-                    yield {k: v.to(settings.device) for k, v in batch.items()}
+        drawn = (batch for epoch in itertools.count()
+                 for batch in data.batches(task_data.train, settings.batch_size, pad_token_id,
+                                           epoch_order(len(task_data.train), seed, epoch)))
+        for batch in itertools.islice(drawn, done, steps):  # batches done..steps-1 of training's order
+            yield {k: v.to(settings.device) for k, v in batch.items()}
 
     def loss_of(batch):
         with autocast(settings):
