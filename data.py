@@ -13,8 +13,14 @@ Splits are "train" and the dev split names in GLUE_TASKS: "dev" for every task e
 splits are "dev_matched" (reported as mnli-m) and "dev_mismatched" (reported as mnli-mm).
 
 Environment: $GLUE_DIR is the glue_data folder when no data_dir is given (default ./glue_data);
-PROGTUNING_OFFLINE=1 stops read_glue from downloading; $GLUE_BASE_URL and $MRPC_BASE_URL replace the
-download locations (DEFAULT_GLUE_BASE_URL, DEFAULT_MRPC_BASE_URL), e.g. with a mirror.
+$GLUE_BASE_URL and $MRPC_BASE_URL replace the download locations (DEFAULT_GLUE_BASE_URL,
+DEFAULT_MRPC_BASE_URL), e.g. with a mirror.
+
+Downloads (GLUE and SQuAD alike): PROGTUNING_OFFLINE=1 or HF_HUB_OFFLINE=1 stops them (model.offline_variable,
+the rule the model download follows too). A missing task is downloaded into the default folder, created
+for it, or into a folder the user named (data_dir or the environment variable) only when that folder
+exists: a mistyped path is an error, never a new tree of folders. Nothing is created until a download
+has succeeded.
 
 SQuAD v1.1 / v2.0 (Rajpurkar et al. 2016, 2018), in the official JSON layout, is at the end of the file:
 
@@ -24,11 +30,12 @@ SQuAD v1.1 / v2.0 (Rajpurkar et al. 2016, 2018), in the official JSON layout, is
     squad_predictions(examples, features, start_logits, end_logits) -> (predictions, na_probs)
 
 $SQUAD_DIR is the folder holding the SQuAD JSON files (default ./squad); $SQUAD_BASE_URL replaces
-DEFAULT_SQUAD_BASE_URL; PROGTUNING_OFFLINE=1 stops the download here too.
+DEFAULT_SQUAD_BASE_URL. Downloads follow the rule above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -45,10 +52,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from model import offline_variable
+
 log = logging.getLogger("progtuning")
 
 GLUE_DIR_ENV = "GLUE_DIR"
-OFFLINE_ENV = "PROGTUNING_OFFLINE"
 GLUE_BASE_URL_ENV = "GLUE_BASE_URL"
 MRPC_BASE_URL_ENV = "MRPC_BASE_URL"
 # The locations download_glue_data.py fetches from: the task zips (and MRPC's dev id list) under
@@ -188,15 +196,37 @@ def split_file_name(task: str, split: str) -> str:
     raise ValueError(f"Unknown split {split!r} for GLUE task {task!r}; expected one of {known}.")
 
 
+DEFAULT_GLUE_DIR = "glue_data"
+
+
 def glue_data_dir(data_dir: str | Path | None = None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
     from_env = os.environ.get(GLUE_DIR_ENV)
-    return Path(from_env) if from_env else Path("glue_data")
+    return Path(from_env) if from_env else Path(DEFAULT_GLUE_DIR)
 
 
-def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
+@contextlib.contextmanager
+def download_root(root: Path, default: Path, named_by: str):
+    """The folder a download goes into. The default folder is created for it (and removed again, when still
+    empty, if the download fails); a folder the user named must exist already, since a typo in a path
+    should be an error, not a stray tree of new folders."""
+    created = False
+    if not root.is_dir():
+        if root.exists():
+            raise NotADirectoryError(f"{root} ({named_by}) is a file; expected a folder for the data")
+        if root != default:
+            raise FileNotFoundError(
+                f"{root} ({named_by}) does not exist; check the path, or create the folder first if the "
+                "data should be downloaded into it (nothing is downloaded into a folder that is not there)")
+        root.mkdir(parents=True)
+        created = True
+    try:
+        yield root
+    except BaseException:
+        if created and not any(root.iterdir()):
+            root.rmdir()
+        raise
 
 
 def read_glue(task: str, split: str, data_dir: str | Path | None = None) -> GlueExamples:
@@ -211,13 +241,14 @@ def read_glue(task: str, split: str, data_dir: str | Path | None = None) -> Glue
     task_folder = root / spec.folder
     path = task_folder / file_name
     if not task_folder.is_dir():
-        if _offline():
+        variable = offline_variable()
+        if variable:
             raise FileNotFoundError(
-                f"GLUE task {task!r}: {path} does not exist and {OFFLINE_ENV} is set, so it is not "
+                f"GLUE task {task!r}: {path} does not exist and {variable} is set, so it is not "
                 f"downloaded. Pass --data-dir or set ${GLUE_DIR_ENV} to a glue_data folder holding "
                 f"{spec.folder}/{file_name} (the layout of GLUE's download_glue_data.py), or unset "
-                f"{OFFLINE_ENV} to download it automatically.")
-        download_glue_task(task, root)
+                f"{variable} to download it automatically.")
+        download_glue_task(task, data_dir)
     if not path.is_file():
         raise FileNotFoundError(
             f"GLUE task {task!r}: {path} does not exist, although its folder {task_folder} does. "
@@ -484,7 +515,19 @@ def download_glue_task(task: str, data_dir: str | Path | None = None) -> Path:
     target = root / spec.folder
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
+    named_by = _named_by(data_dir, GLUE_DIR_ENV, "the GLUE data folder")
+    with download_root(root, Path(DEFAULT_GLUE_DIR), named_by):
+        _fetch_glue_task(spec, root, target)
+    return target
+
+
+def _named_by(data_dir, env: str, what: str) -> str:
+    if data_dir is not None:
+        return f"{what}, from --data-dir"
+    return f"{what}, from ${env}" if os.environ.get(env) else f"{what}, the default"
+
+
+def _fetch_glue_task(spec: GlueTask, root: Path, target: Path) -> None:
     glue_base = _base_url(GLUE_BASE_URL_ENV, DEFAULT_GLUE_BASE_URL)
     needed = [spec.train_file] + [dev_split.file for dev_split in spec.dev_splits]
     manual_hint = (
@@ -523,7 +566,6 @@ def download_glue_task(task: str, data_dir: str | Path | None = None) -> Path:
             staged_folder.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 # --------------------------------------------------------------------------------------------------
@@ -618,12 +660,15 @@ def squad_task_version(task: str) -> str:
     return SQUAD_VERSIONS[task]
 
 
+DEFAULT_SQUAD_DIR = "squad"
+
+
 def squad_data_dir(data_dir: str | Path | None = None) -> Path:
     """The folder holding the SQuAD JSON files: data_dir, else $SQUAD_DIR, else ./squad."""
     if data_dir is not None:
         return Path(data_dir)
     from_env = os.environ.get(SQUAD_DIR_ENV)
-    return Path(from_env) if from_env else Path("squad")
+    return Path(from_env) if from_env else Path(DEFAULT_SQUAD_DIR)
 
 
 def squad_files(task: str, data_dir: str | Path | None = None, train_file: str | None = None,
@@ -649,12 +694,13 @@ def squad_files(task: str, data_dir: str | Path | None = None, train_file: str |
                     f"{', '.join(present) or 'none'}). Only the official {default_name} can be "
                     "downloaded; check the file name, or pass --data-dir / set "
                     f"${SQUAD_DIR_ENV} to the folder holding it.")
-            _download_squad_file(task, default_name, root)
+            _download_squad_file(task, default_name, root,
+                                 _named_by(data_dir, SQUAD_DIR_ENV, "the SQuAD data folder"))
         paths.append(path)
     return paths[0], paths[1]
 
 
-def _download_squad_file(task: str, name: str, root: Path) -> Path:
+def _download_squad_file(task: str, name: str, root: Path, named_by: str) -> Path:
     destination = root / name
     base = _base_url(SQUAD_BASE_URL_ENV, DEFAULT_SQUAD_BASE_URL)
     url = f"{base}/{name}"
@@ -662,12 +708,19 @@ def _download_squad_file(task: str, name: str, root: Path) -> Path:
                    f"{DEFAULT_SQUAD_BASE_URL}/{name}) and place it at {destination}, or pass "
                    f"--data-dir / set ${SQUAD_DIR_ENV} to a folder that has it. A mirror can be set "
                    f"with ${SQUAD_BASE_URL_ENV}.")
-    if _offline():
+    variable = offline_variable()
+    if variable:
         raise FileNotFoundError(
-            f"SQuAD task {task!r}: {destination} does not exist and {OFFLINE_ENV} is set, so it is "
-            f"not downloaded from {url}. {manual_hint} Or unset {OFFLINE_ENV} to download it "
+            f"SQuAD task {task!r}: {destination} does not exist and {variable} is set, so it is "
+            f"not downloaded from {url}. {manual_hint} Or unset {variable} to download it "
             "automatically.")
-    root.mkdir(parents=True, exist_ok=True)
+    with download_root(root, Path(DEFAULT_SQUAD_DIR), named_by):
+        _fetch_squad_file(url, destination, manual_hint)
+    return destination
+
+
+def _fetch_squad_file(url: str, destination: Path, manual_hint: str) -> None:
+    root, name = destination.parent, destination.name
     # A unique temporary name in the same folder, so two runs fetching the same file do not write
     # into each other's partial file, and os.replace publishes only a complete, checked file.
     handle, temporary_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=root)
@@ -689,7 +742,6 @@ def _download_squad_file(task: str, name: str, root: Path) -> Path:
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
-    return destination
 
 
 @dataclass

@@ -499,10 +499,23 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str = "main") -> Path
     cached = _cached_snapshot(name, revision)
     if cached is not None:
         return cached
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
+    variable = offline_variable()
+    if variable:
         raise FileNotFoundError(f"{name}: no such local folder, not in the Hugging Face cache "
-                                f"({hf_cache_dir()}), and HF_HUB_OFFLINE is set, so nothing was downloaded")
+                                f"({hf_cache_dir()}), and {variable} is set, so nothing was downloaded")
     return download_checkpoint(name, revision)
+
+
+OFFLINE_VARIABLES = ("PROGTUNING_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def offline_variable() -> str | None:
+    """The one rule for network access: either variable set (1/true/yes) stops every download this project
+    makes (model weights, GLUE, SQuAD). Returns the name of the variable that is set, or None."""
+    for variable in OFFLINE_VARIABLES:
+        if os.environ.get(variable, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return variable
+    return None
 
 
 def _repo_cache(repo_id: str) -> Path:

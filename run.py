@@ -1418,9 +1418,10 @@ def checkpoint_meta(path: Path) -> dict:
                          f"({type(error).__name__}: {error}); start this seed over with --overwrite") from None
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """main() as the command line runs it: every expected failure ends as one line and an exit code."""
     try:
-        main()
+        main(argv)
     except (OSError, ValueError, FloatingPointError, SafetensorError, data.GlueDownloadError,
             data.SquadDownloadError) as error:
         # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
@@ -1428,6 +1429,12 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {type(error).__name__ + ': ' if isinstance(error, OSError) else ''}{error}") \
             from None
     except KeyboardInterrupt:
-        # Training has its own Ctrl-C (a checkpoint); this is one before it began: nothing to save.
-        print("interrupted before training began; nothing was saved", file=sys.stderr)
+        # Training turns the first Ctrl-C into a checkpoint; this is one outside it (loading, tokenizing) or a
+        # second one that aborts: what was written before (epoch checkpoints, finished seeds) stays valid.
+        print("error: interrupted; files already written (finished seeds, epoch checkpoints) are kept: continue "
+              "with --resume", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    cli()

@@ -30,7 +30,7 @@ SHARED_GLUE = _shared_glue_dir()
 @pytest.fixture(autouse=True)
 def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # No test may reach the network by accident; the download tests lift this themselves.
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    monkeypatch.setenv("PROGTUNING_OFFLINE", "1")
     for name in (data.GLUE_DIR_ENV, data.GLUE_BASE_URL_ENV, data.MRPC_BASE_URL_ENV):
         monkeypatch.delenv(name, raising=False)
 
@@ -212,7 +212,7 @@ def test_missing_file_and_missing_folder_name_the_path(tmp_path: Path) -> None:
         data.read_glue("cola", "train", tmp_path)
     message = str(missing_folder.value)
     assert str(tmp_path / "CoLA" / "train.tsv") in message
-    assert "--data-dir" in message and "$GLUE_DIR" in message and data.OFFLINE_ENV in message
+    assert "--data-dir" in message and "$GLUE_DIR" in message and "PROGTUNING_OFFLINE" in message
 
 
 MNLI_TRAIN_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
@@ -299,10 +299,12 @@ class LoopbackServer:
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[bytes, int]] = {}
-        routes = self.routes
+        self.requests: list[str] = []
+        routes, requests = self.routes, self.requests
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                requests.append(self.path)
                 if self.path not in routes:
                     self.send_error(404)
                     return
@@ -327,7 +329,9 @@ class LoopbackServer:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
-    monkeypatch.delenv(data.OFFLINE_ENV)
+    monkeypatch.delenv("PROGTUNING_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv(data.GLUE_DIR_ENV, raising=False)
     loopback = LoopbackServer()
     monkeypatch.setenv(data.GLUE_BASE_URL_ENV, f"{loopback.url}/glue/data/")
     monkeypatch.setenv(data.MRPC_BASE_URL_ENV, f"{loopback.url}/senteval/senteval_data")
@@ -355,6 +359,7 @@ RTE_ZIP_MEMBERS = {
 def test_read_glue_downloads_and_extracts_a_missing_task(server: LoopbackServer, tmp_path: Path) -> None:
     server.serve("/glue/data/RTE.zip", _zip(RTE_ZIP_MEMBERS))
     root = tmp_path / "glue_data"
+    root.mkdir()  # a folder the user names must exist; test_the_default_folder_... covers the default
     train = data.read_glue("rte", "train", root)
     assert [(example.text_a, example.label) for example in train] == [("A cat sat.", 0), ("It rained.", 1)]
     assert sorted(os.listdir(root)) == ["RTE"]  # no archive, staging folder or partial file left
@@ -375,6 +380,7 @@ def test_mrpc_download_rebuilds_train_dev_test_like_the_classic_script(server: L
     server.serve("/glue/data/mrpc_dev_ids.tsv", b"40\t41\n20\t21\n")
 
     root = tmp_path / "glue_data"
+    root.mkdir()
     dev = data.read_glue("mrpc", "dev", root)
     train = data.read_glue("mrpc", "train", root)
     # dev keeps the training file's order, not the id list's; trailing whitespace is stripped.
@@ -390,14 +396,48 @@ def test_mrpc_download_rebuilds_train_dev_test_like_the_classic_script(server: L
                                           "msr_paraphrase_train.txt", "test.tsv", "train.tsv"]
 
 
-def test_http_404_is_a_clear_error_and_leaves_nothing_behind(server: LoopbackServer, tmp_path: Path) -> None:
-    root = tmp_path / "glue_data"
+def test_http_404_is_a_clear_error_and_leaves_nothing_behind(server: LoopbackServer, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default ./glue_data is created for the download, and removed again
     with pytest.raises(data.GlueDownloadError) as error:
-        data.read_glue("cola", "train", root)
+        data.read_glue("cola", "train")
     message = str(error.value)
     assert f"{server.url}/glue/data/CoLA.zip" in message and "HTTP 404" in message
-    assert str(root / "CoLA" / "train.tsv") in message and "place them" in message
-    assert os.listdir(root) == []
+    assert str(Path("glue_data") / "CoLA" / "train.tsv") in message and "place them" in message
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_default_folder_is_created_only_for_a_download_that_succeeds(server: LoopbackServer,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    server.serve("/glue/data/RTE.zip", _zip(RTE_ZIP_MEMBERS))
+    monkeypatch.chdir(tmp_path)
+    assert len(data.read_glue("rte", "dev")) == 1
+    assert os.listdir(tmp_path) == ["glue_data"] and os.listdir(tmp_path / "glue_data") == ["RTE"]
+
+
+@pytest.mark.parametrize("named_by", ["--data-dir", "$GLUE_DIR"])
+def test_a_named_folder_that_does_not_exist_is_an_error_and_creates_nothing(
+        server: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named_by: str) -> None:
+    server.serve("/glue/data/RTE.zip", _zip(RTE_ZIP_MEMBERS))
+    typo = tmp_path / "data" / "gleu"
+    if named_by == "$GLUE_DIR":
+        monkeypatch.setenv(data.GLUE_DIR_ENV, str(typo))
+    with pytest.raises(FileNotFoundError) as error:
+        data.read_glue("rte", "train", typo if named_by == "--data-dir" else None)
+    assert str(error.value).startswith(f"{typo} (the GLUE data folder, from {named_by}) does not exist; "
+                                       "check the path")
+    assert os.listdir(tmp_path) == [] and server.requests == []
+
+
+def test_hf_hub_offline_stops_the_data_download_too(server: LoopbackServer, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    server.serve("/glue/data/RTE.zip", _zip(RTE_ZIP_MEMBERS))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="does not exist and HF_HUB_OFFLINE is set, so it is not "
+                                                "downloaded"):
+        data.read_glue("rte", "train", tmp_path)
+    assert os.listdir(tmp_path) == [] and server.requests == []
 
 
 def test_interrupted_download_leaves_no_file_that_looks_finished(server: LoopbackServer,
@@ -405,6 +445,7 @@ def test_interrupted_download_leaves_no_file_that_looks_finished(server: Loopbac
     archive = _zip(RTE_ZIP_MEMBERS)
     server.serve("/glue/data/RTE.zip", archive[:100], announced_length=len(archive))
     root = tmp_path / "glue_data"
+    root.mkdir()
     with pytest.raises(data.GlueDownloadError, match=f"ended after 100 of {len(archive)} bytes"):
         data.download_glue_task("rte", root)
     assert os.listdir(root) == []
@@ -422,6 +463,7 @@ def test_zip_member_escaping_the_target_folder_is_rejected(server: LoopbackServe
                                                            unsafe_name: str) -> None:
     server.serve("/glue/data/RTE.zip", _zip({**RTE_ZIP_MEMBERS, unsafe_name: "overwritten"}))
     root = tmp_path / "glue_data"
+    root.mkdir()
     with pytest.raises(ValueError, match="would be written outside"):
         data.download_glue_task("rte", root)
     assert os.listdir(root) == []

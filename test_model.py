@@ -371,6 +371,7 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("PROGTUNING_OFFLINE", raising=False)
     yield server
     server.shutdown()
     server.server_close()
@@ -438,6 +439,10 @@ def test_hub_errors(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"HF_HUB_OFFLINE is set"):
         M.from_pretrained("bert-base-uncased")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("PROGTUNING_OFFLINE", "1")  # one rule: either variable stops every download
+    with pytest.raises(FileNotFoundError, match=r"PROGTUNING_OFFLINE is set"):
+        M.from_pretrained("bert-base-uncased")
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
@@ -445,5 +450,6 @@ def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("PROGTUNING_OFFLINE", raising=False)
     with pytest.raises(ConnectionError, match=r"bert-base-uncased/resolve/main/config\.json: cannot download"):
         M.from_pretrained("bert-base-uncased")

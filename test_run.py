@@ -589,3 +589,45 @@ def test_no_keep_checkpoint_removes_a_finished_seeds_checkpoint(tmp_path, tiny_d
     run.main(run_args(tiny_dir, tmp_path / "drop", *short, "--no-keep-checkpoint", glue_dir=glue_dir))
     assert not (tmp_path / "drop" / "seed-1" / "checkpoint.safetensors").exists()
     assert results_of(tmp_path / "drop")["runs"][0]["status"] == "complete"
+
+
+def cli_error(argv: list, capsys) -> tuple[int, str]:
+    """run.cli in-process: its exit code and the one line it printed (stderr, or the SystemExit text)."""
+    with pytest.raises(SystemExit) as stop:
+        run.cli([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    text = stop.value.code if isinstance(stop.value.code, str) else err
+    assert "Traceback" not in err and len(text.splitlines()) == 1 and text.startswith("error: "), text
+    return (1 if isinstance(stop.value.code, str) else stop.value.code), text
+
+
+def test_system_failures_are_one_line(tmp_path, tiny_dir, glue_dir, monkeypatch, capsys):
+    """No network for the model or for SQuAD, an unwritable output folder, Ctrl-C while tokenizing."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for variable in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "PROGTUNING_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    code, line = cli_error(["--task", "rte", "--data-dir", glue_dir, "--output-dir", tmp_path / "a"], capsys)
+    assert "ConnectionError" in line and "bert-base-uncased" in line and "cannot download" in line
+
+    monkeypatch.setenv("SQUAD_BASE_URL", "http://127.0.0.1:9/dataset")
+    (tmp_path / "squad").mkdir()
+    code, line = cli_error(["--task", "squad", "--model", tiny_dir, "--data-dir", tmp_path / "squad",
+                            "--output-dir", tmp_path / "b"], capsys)
+    assert "http://127.0.0.1:9/dataset/train-v1.1.json" in line and "place it at" in line
+    assert os.listdir(tmp_path / "squad") == []
+
+    # root ignores file modes, so a read-only folder is what the OS reports for it: EACCES on the first write
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "write_text_atomic", refuse)
+        code, line = cli_error(run_args(tiny_dir, tmp_path / "c", "--limit-train", 8, "--limit-eval", 4,
+                                        glue_dir=glue_dir), capsys)
+    assert line.startswith("error: PermissionError: [Errno 13] Permission denied:") and str(tmp_path / "c") in line
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run, "load_task_data", ctrl_c)
+    code, line = cli_error(run_args(tiny_dir, tmp_path / "d", glue_dir=glue_dir), capsys)
+    assert code == 130 and "interrupted" in line and "--resume" in line

@@ -31,7 +31,7 @@ SQUAD_COUNTS = {  # file: (questions, unanswerable), from ../shared/data/README.
 @pytest.fixture(autouse=True)
 def isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # No test may reach the network by accident; the download tests lift this themselves.
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    monkeypatch.setenv("PROGTUNING_OFFLINE", "1")
     for name in (data.SQUAD_DIR_ENV, data.SQUAD_BASE_URL_ENV):
         monkeypatch.delenv(name, raising=False)
 
@@ -475,7 +475,9 @@ class LoopbackServer:
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
-    monkeypatch.delenv(data.OFFLINE_ENV)
+    monkeypatch.delenv("PROGTUNING_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv(data.SQUAD_DIR_ENV, raising=False)
     loopback = LoopbackServer()
     monkeypatch.setenv(data.SQUAD_BASE_URL_ENV, f"{loopback.url}/dataset/")
     yield loopback
@@ -490,6 +492,7 @@ TINY_DEV = json.dumps(_squad_json([_qa("d1"), _qa("d2", "Who sat?", "The cat", 0
 def test_missing_official_files_are_downloaded_once(server: LoopbackServer, tmp_path: Path) -> None:
     server.routes.update({"/dataset/train-v1.1.json": TINY_TRAIN, "/dataset/dev-v1.1.json": TINY_DEV})
     root = tmp_path / "squad"
+    root.mkdir()
     train, dev = data.squad_files("squad", root)
     assert (train, dev) == (root / "train-v1.1.json", root / "dev-v1.1.json")
     assert train.read_bytes() == TINY_TRAIN and dev.read_bytes() == TINY_DEV
@@ -506,6 +509,16 @@ def test_http_404_is_a_clear_error_and_leaves_nothing_behind(server: LoopbackSer
     assert f"{server.url}/dataset/train-v2.0.json" in message and "HTTP 404" in message
     assert f"place it at {tmp_path / 'train-v2.0.json'}" in message and data.SQUAD_DIR_ENV in message
     assert os.listdir(tmp_path) == []
+
+
+def test_a_mistyped_folder_is_an_error_and_the_default_one_is_removed_after_a_failure(
+        server: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match=r"squda \(the SQuAD data folder, from --data-dir\) does not exist"):
+        data.squad_files("squad", tmp_path / "squda")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.SquadDownloadError, match="HTTP 404"):
+        data.squad_files("squad")  # ./squad, the default, is created for the download
+    assert os.listdir(tmp_path) == [] and server.requests == ["/dataset/train-v1.1.json"]
 
 
 def test_an_error_page_is_not_kept_as_the_data_file(server: LoopbackServer, tmp_path: Path) -> None:
@@ -530,6 +543,6 @@ def test_offline_a_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch: py
     with pytest.raises(FileNotFoundError) as error:
         data.squad_files("squad", tmp_path / "squad")
     message = str(error.value)
-    assert f"{tmp_path / 'squad' / 'train-v1.1.json'} does not exist and {data.OFFLINE_ENV} is set" in message
+    assert f"{tmp_path / 'squad' / 'train-v1.1.json'} does not exist and PROGTUNING_OFFLINE is set" in message
     assert "http://127.0.0.1:9/never/train-v1.1.json" in message and "--data-dir" in message
     assert not (tmp_path / "squad").exists()
