@@ -506,6 +506,19 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str = "main") -> Path
     return download_checkpoint(name, revision)
 
 
+def replace_durably(temp: Path, path: Path) -> None:
+    """Rename a finished temp file over `path`, its bytes on disk first (fsync) and the rename after (fsync
+    of the folder): a power loss leaves the old file or the new one, never a renamed empty one."""
+    with open(temp, "rb") as file:
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 OFFLINE_VARIABLES = ("PROGTUNING_OFFLINE", "HF_HUB_OFFLINE")
 
 

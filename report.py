@@ -1,6 +1,6 @@
 """Markdown results tables from run records, so the README's numbers are generated, not typed.
 
-Reads the `results.json` files that run.py writes (kind "progtuning-results", format_version 1) and prints
+Reads the `results.json` files that run.py writes (kind "progtuning-results", format_version 1 or 2) and prints
 one markdown table per (task, model), one row per file. Scores are recomputed from the `final` metrics of
 the runs whose status is "complete" as mean ± sample standard deviation (ddof=1) over seeds, in the
 metric order of the Progtuning paper's tables (SPEC.md section 6: F1 before accuracy for MRPC/QQP,
@@ -29,7 +29,9 @@ import numpy as np
 from glue_eval import TASK_METRICS
 
 RESULTS_KIND = "progtuning-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 numbered blocks from 0 in stages / trainable_blocks, version 2 from 1; the tables read neither.
+READABLE_VERSIONS = (1, 2)
 RESULTS_FILE_NAME = "results.json"
 COMPLETE = "complete"
 RUN_STATUSES = (COMPLETE, "running", "interrupted")
@@ -147,9 +149,9 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
         raise ResultsFormatError(f"{path}: 'kind' is {kind!r}; expected {RESULTS_KIND!r} (a results.json "
                                  "written by run.py)")
     version = _require(record, "format_version", path, "", "a number", str(FORMAT_VERSION))
-    if version != FORMAT_VERSION:
-        raise ResultsFormatError(f"{path}: format_version is {version!r}; this report.py reads version "
-                                 f"{FORMAT_VERSION} only")
+    if version not in READABLE_VERSIONS:
+        raise ResultsFormatError(f"{path}: format_version is {version!r}; this report.py reads versions "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
 
     settings = _require(record, "settings", path, "", "an object", "the run's resolved settings")
     task = _require(settings, "task", path, "settings", "a string", "the task name")
@@ -171,6 +173,9 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
                                      f"{', '.join(SCHEDULE_ORDER)}")
     limits = [f"{name}={settings[name]}" for name in ("limit_train", "limit_eval")
               if settings.get(name) is not None]
+    skipped = record.get("skipped_rows") or {}
+    if any(skipped.values()):
+        limits.append("malformed rows skipped: " + ", ".join(f"{split} {n}" for split, n in skipped.items() if n))
     variant = ", ".join(label for key, label in VARIANT_LABELS.items() if settings.get(key) is True) or None
 
     updated_params = _require(record, "updated_params", path, "", "a number",

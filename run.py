@@ -51,8 +51,8 @@ import data
 import glue_eval
 import sparse
 import squad_eval
-from model import (Transformer, from_pretrained, load_config, load_tokenizer, part_of, resolve_checkpoint,
-                   weight_files)
+from model import (Transformer, from_pretrained, load_config, load_tokenizer, part_of, replace_durably,
+                   resolve_checkpoint, weight_files)
 from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, ParameterCounts, add_method, apply_stage,
                         count_parameters, plan_stages, stage_diagram, stage_of_step, trainable_names)
 from sparse import SPARSE_METHODS
@@ -62,7 +62,9 @@ SQUAD_TASK_NAMES = ("squad", "squad_v2")
 TASKS = GLUE_TASK_NAMES + SQUAD_TASK_NAMES
 RESULTS_KIND = "progtuning-results"
 COUNT_KIND = "progtuning-count"
-FORMAT_VERSION = 1
+# 2: block numbers in records (stages, trainable_blocks) count from 1, as every printed line and the paper do;
+# version 1 counted them from 0. A --resume upgrades a version-1 record and checkpoint as it reads them.
+FORMAT_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,7 +455,7 @@ def count_only(settings: Settings) -> dict:
         print(counts_table(counts, stages, settings, None))
     seconds = time.perf_counter() - start
     record = {"kind": COUNT_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
-              "stages": stages, **counts_record(counts), "seconds": seconds}
+              "stages": [block_numbers(blocks) for blocks in stages], **counts_record(counts), "seconds": seconds}
     out = Path(settings.output_dir)
     existing = out / "results.json"
     if existing.exists() and not settings.overwrite:
@@ -485,6 +487,7 @@ class TaskData:
     evals: list[EvalSet]
     majority_baseline: dict
     files: dict = field(default_factory=dict)  # "<folder>/<file>" -> {"bytes", "sha256"}: what was read
+    skipped_rows: dict = field(default_factory=dict)  # split -> malformed rows left out of it
 
 
 def fingerprint(paths: list[Path]) -> dict:
@@ -515,7 +518,7 @@ def load_task_data(settings: Settings, tokenizer) -> TaskData:
     data_dir = data.glue_data_dir(settings.data_dir)
     train_examples = data.read_glue(settings.task, "train", data_dir)
     _report_skipped(train_examples)
-    paths = [train_examples.path]
+    paths, skipped = [train_examples.path], {"train": train_examples.skipped_rows}
     if settings.limit_train:
         train_examples = train_examples[:settings.limit_train]
     train = data.encode_glue(train_examples, tokenizer, settings.max_length, task.is_regression)
@@ -524,13 +527,14 @@ def load_task_data(settings: Settings, tokenizer) -> TaskData:
         examples = data.read_glue(settings.task, split.name, data_dir)
         _report_skipped(examples)
         paths.append(examples.path)
+        skipped[split.name] = examples.skipped_rows
         if settings.limit_eval:
             examples = examples[:settings.limit_eval]
         encoded = data.encode_glue(examples, tokenizer, settings.max_length, task.is_regression)
         evals.append(EvalSet(split.report_name, encoded, examples))
         baseline[split.report_name] = _majority_metrics(split.report_name, train.targets["labels"],
                                                         encoded.targets["labels"], task.is_regression)
-    return TaskData(train, evals, baseline, fingerprint(paths))
+    return TaskData(train, evals, baseline, fingerprint(paths), skipped)
 
 
 def _report_skipped(examples) -> None:
@@ -610,19 +614,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     replace_durably(temp, path)
 
 
-def replace_durably(temp: Path, path: Path) -> None:
-    """Rename a finished temp file over `path`, its bytes on disk first (fsync) and the rename after (fsync
-    of the folder): a power loss leaves the old file or the new one, never a renamed empty one."""
-    with open(temp, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
@@ -659,6 +650,17 @@ def append_log(path: Path, entry: dict) -> None:
         file.write(json.dumps(_json_safe({"time": time.time(), **entry})) + "\n")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), so timings in a record say which machine made them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(settings: Settings) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -666,7 +668,7 @@ def environment(settings: Settings) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": settings.device,
+           "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": settings.device,
            "autocast": str(autocast_dtype(settings)).removeprefix("torch.") if settings.amp else None,
            "git_commit": commit}
     if settings.device.startswith("cuda"):
@@ -956,9 +958,14 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                              f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
                              "start over with --overwrite")
         check_same_data(meta.get("data_files"), task_data.files, checkpoint_path)
-        run = meta["run"]
+        run = upgrade_run(meta["run"], meta.get("format_version", 1))
     elif log_path.exists():
         log_path.unlink()  # a fresh start; an old log would mix two runs
+    # Where this seed's time was spent (a resumed seed may have moved), so its minutes name their machine.
+    machine = f"{cpu_model()}, {torch.get_num_threads()} thread(s), {settings.device}" + (
+        f" ({torch.cuda.get_device_name(settings.device)})" if settings.device.startswith("cuda") else "")
+    if machine not in run.setdefault("machines", []):
+        run["machines"].append(machine)
 
     # A sparse method's fixed mask (SPEC 9), chosen before training (SAM: after its burn-in) or read back.
     mask, entries, burn_in_here = None, None, 0
@@ -978,16 +985,17 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     if meta is not None and "burn_in_step" not in meta["position"]:
         load_checkpoint(checkpoint_path, meta, model, optimizer, names, scaler)
         position = meta["position"]
-        print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
-              f"step {position['step_in_epoch']} of {steps_per_epoch}")
-        # Lines an earlier attempt logged past this checkpoint are superseded from here on (read_log).
-        append_log(log_path, {"event": "resumed", "epoch": position["epoch"] + 1,
-                              "step": position["epoch"] * steps_per_epoch + position["step_in_epoch"]})
+        if position["epoch"] < settings.epochs:  # else a finished seed, loaded for --save-trained only
+            print(f"resuming seed {seed} from {checkpoint_path}: epoch {position['epoch'] + 1}, "
+                  f"step {position['step_in_epoch']} of {steps_per_epoch}")
+            # Lines an earlier attempt logged past this checkpoint are superseded from here on (read_log).
+            append_log(log_path, {"event": "resumed", "epoch": position["epoch"] + 1,
+                                  "step": position["epoch"] * steps_per_epoch + position["step_in_epoch"]})
     mask_tensors = {f"mask/{name}": indices for name, indices in (mask or {}).items()}
 
     def checkpoint():
-        meta = {"settings": settings.run_defining(), "seed": seed, "position": position, "run": run,
-                "data_files": task_data.files}
+        meta = {"format_version": FORMAT_VERSION, "settings": settings.run_defining(), "seed": seed,
+                "position": position, "run": run, "data_files": task_data.files}
         save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta, mask_tensors)
 
     stage, step_model, compiled_for, compile_record = None, model, None, None
@@ -1023,7 +1031,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                           f"training blocks {_blocks_label(blocks)} of {len(model.blocks)} "
                           f"({counts.trainable_params_per_stage[stage - 1]:,} parameters)", flush=True)
                     append_log(log_path, {"event": "stage", "stage": stage, "epoch": epoch + 1,
-                                          "step": step, "trainable_blocks": blocks})
+                                          "step": step, "trainable_blocks": block_numbers(blocks)})
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total_steps, warmup_steps, settings.lr)
                 batch = {k: v.to(settings.device, non_blocking=True) for k, v in batch.items()}
@@ -1075,7 +1083,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
             # An epoch resumed after an interrupt: its whole time, and the part before the interrupt apart.
             before = position.get("epoch_seconds_before", 0.0)
             epoch_seconds = before + time.perf_counter() - epoch_started
-            record = {"epoch": epoch + 1, "stage": stage, "trainable_blocks": stages[stage - 1],
+            record = {"epoch": epoch + 1, "stage": stage, "trainable_blocks": block_numbers(stages[stage - 1]),
                       "train_loss": train_loss, "metrics": metrics, "wall_seconds": epoch_seconds,
                       "updated_params": counts.updated_params_per_epoch[epoch]}
             if before:
@@ -1107,8 +1115,10 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                   f"{len(names) - len(mask)} whole tensors); rebuild with "
                   f"`python sparse.py rebuild {path} --out DIR`")
         else:
-            save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(path),
+            temp = path.with_name(path.name + ".tmp")
+            save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(temp),
                       metadata={"progtuning": json.dumps(meta)})
+            replace_durably(temp, path)
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
     if not settings.keep_checkpoint and run["status"] == "complete":
         checkpoint_path.unlink(missing_ok=True)
@@ -1212,6 +1222,19 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
         scores = sparse.burn_in(model, eligible, batches(), loss_of, on_step)
     run["status"] = "running"
     return scores, steps - done
+
+
+def block_numbers(blocks: list[int]) -> list[int]:
+    """Blocks as records and printed lines number them: from 1 (the paper's numbering), not Python's 0."""
+    return [block + 1 for block in blocks]
+
+
+def upgrade_run(run: dict, version: int) -> dict:
+    """A run record (or a checkpoint's copy of one) as the current format writes it."""
+    if version < 2:
+        for epoch in run.get("epochs", []):
+            epoch["trainable_blocks"] = block_numbers(epoch["trainable_blocks"])
+    return run
 
 
 def _blocks_label(blocks: list[int]) -> str:
@@ -1356,12 +1379,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     main_metric = "f1" if settings.is_squad else glue_eval.main_metric(settings.task)
     results = {"kind": RESULTS_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
-               "main_metric": main_metric, "stages": stages, **counts_record(counts),
-               "majority_baseline": task_data.majority_baseline, "data_files": task_data.files, "runs": [],
+               "main_metric": main_metric, "stages": [block_numbers(blocks) for blocks in stages],
+               **counts_record(counts),
+               "majority_baseline": task_data.majority_baseline, "data_files": task_data.files,
+               "skipped_rows": task_data.skipped_rows, "runs": [],
                "summary": {}, "environment": environment(settings)}
     if previous is not None:
         check_same_data(previous.get("data_files"), task_data.files, results_path)
-        results["runs"] = [r for r in previous.get("runs", []) if r.get("seed") in settings.seeds]
+        results["runs"] = [upgrade_run(r, previous.get("format_version", 1)) for r in previous.get("runs", [])
+                           if r.get("seed") in settings.seeds]
 
     def save(run: dict) -> None:
         if results["updated_params"] is None and run.get("mask", {}).get("counts"):
@@ -1372,10 +1398,20 @@ def main(argv: list[str] | None = None) -> dict:
         results["summary"] = summarize(results["runs"])
         write_json_atomic(results_path, results)
 
+    not_written = []  # finished seeds whose trained file --save-trained cannot write any more
     for seed in settings.seeds:
         done = next((r for r in results["runs"] if r["seed"] == seed and r.get("status") == "complete"), None)
         if done is not None:
-            print(f"seed {seed}: already complete in {results_path}; skipped")
+            seed_dir = out / f"seed-{seed}"
+            if not settings.save_trained or (seed_dir / "trained.safetensors").exists():
+                print(f"seed {seed}: already complete in {results_path}; skipped")
+            elif (seed_dir / "checkpoint.safetensors").exists():
+                # the final checkpoint holds every trained weight: loading it at its end position trains
+                # nothing and leaves train_one_seed only its --save-trained step
+                print(f"seed {seed}: already complete; writing its trained weights from its final checkpoint")
+                train_one_seed(settings, seed, task_data, tokenizer, seed_dir, counts, save)
+            else:
+                not_written.append(seed)
             continue
         print(f"=== seed {seed} ===", flush=True)
         try:
@@ -1393,6 +1429,18 @@ def main(argv: list[str] | None = None) -> dict:
                                                + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
                                                + f" (n={s['n']})"
                                                for m, s in metrics.items()))
+    if not_written:
+        raise SystemExit(f"error: --save-trained: seed(s) {', '.join(map(str, not_written))} finished earlier "
+                         "and their checkpoint was removed (--no-keep-checkpoint), so their trained weights can no "
+                         "longer be written; run them again with --overwrite in another --output-dir")
+    lost = {split: n for split, n in task_data.skipped_rows.items() if n}
+    if lost:
+        # Printed last, so it is the line a user sees: these scores are on a different set than the paper's.
+        print(f"WARNING: malformed rows were skipped ({', '.join(f'{split} {n}' for split, n in lost.items())}; "
+              "see the notes above and skipped_rows in results.json): "
+              + ("the dev scores above are on fewer rows than the official dev set, so they are not "
+                 "comparable with published numbers" if set(lost) - {"train"} else
+                 "the model trained on fewer rows than the official training set"), file=sys.stderr)
     return results
 
 

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from model import Transformer, from_pretrained, part_of, resolve_checkpoint, TOKENIZER_FILES
+from model import Transformer, from_pretrained, part_of, replace_durably, resolve_checkpoint, TOKENIZER_FILES
 
 SPARSE_METHODS = ("sam", "random", "magnitude")
 SCOPES = ("tensor", "global")
@@ -252,7 +252,7 @@ def save_trained(path: Path, model: nn.Module, mask: Mask, dense_names: list[str
         tensors[f"dense/{name}"] = params[name].detach().cpu().contiguous()
     temp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temp), metadata={"format": TRAINED_FORMAT, "progtuning": json.dumps(meta)})
-    temp.replace(path)
+    replace_durably(temp, path)
 
 
 def trained_meta(path: Path) -> dict:

@@ -259,7 +259,7 @@ def test_missing_key_error_names_file_and_key(tmp_path: Path, case: str) -> None
 
 WRONG_VALUE_CASES = {
     "kind": (lambda record: record.update(kind="something-else"), "'kind' is 'something-else'"),
-    "format_version": (lambda record: record.update(format_version=2), "format_version is 2"),
+    "format_version": (lambda record: record.update(format_version=3), "format_version is 3"),
     "lr not a number": (lambda record: record["settings"].update(lr="2e-5"), "key 'settings.lr' is '2e-5'"),
     "mode": (lambda record: record["settings"].update(mode="progressive"), "settings.mode is 'progressive'"),
     "schedule": (lambda record: record["settings"].update(schedule="shrinking"),
@@ -358,3 +358,16 @@ def test_random_init_runs_are_labelled(tmp_path: Path) -> None:
     random = write_results(tmp_path / "random", make_results(finals=[{"rte": {"accuracy": 52.0}}], random_init=True))
     assert report_lines([random])[4:] == [
         "| rte | full [random init] | pt | shrink | 2e-05 | 52.0 | 1 | 68.0M | 22.0% | 3.0 |"]
+
+
+def test_both_record_versions_are_read_and_skipped_rows_are_marked(tmp_path: Path) -> None:
+    old = write_results(tmp_path / "v1", make_results())
+    new_record = make_results(method="bitfit", skipped_rows={"train": 0, "dev": 2})
+    new_record["format_version"] = 2
+    new_record["skipped_rows"] = new_record["settings"].pop("skipped_rows")
+    new = write_results(tmp_path / "v2", new_record)
+    lines = report_lines([old, new])
+    assert lines[4].startswith("| rte | full | pt |") and lines[5].startswith("| rte | bitfit† | pt |")
+    assert lines[7] == (f"† {new}: malformed rows skipped: dev 2 (a subset of the data; not comparable with "
+                        "the paper)")
+

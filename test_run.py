@@ -149,7 +149,8 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     record = results_of(straight)
     assert record["kind"] == run.RESULTS_KIND and record["runs"][0]["status"] == "complete"
     epochs = record["runs"][0]["epochs"]
-    assert [e["epoch"] for e in epochs] == [1, 2] and [e["trainable_blocks"] for e in epochs] == [[0, 1, 2, 3], [2, 3]]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["trainable_blocks"] for e in epochs] == [[1, 2, 3, 4], [3, 4]]
     assert record["updated_params_per_epoch"] == [e["updated_params"] for e in epochs]
     # one seed: no spread, stored as null and printed without "± 0.00"
     assert record["summary"]["rte"]["accuracy"]["n"] == 1 and record["summary"]["rte"]["accuracy"]["std"] is None
@@ -447,7 +448,7 @@ def test_minilm_squad_smoke(tmp_path, minilm_dir, squad_dir, task, train_file, d
     record = results_of(out)
     run_record = record["runs"][0]
     assert run_record["status"] == "complete"
-    assert [e["trainable_blocks"] for e in run_record["epochs"]] == [[0, 1, 2, 3, 4, 5], [3, 4, 5]]
+    assert [e["trainable_blocks"] for e in run_record["epochs"]] == [[1, 2, 3, 4, 5, 6], [4, 5, 6]]
     final = run_record["final"][task]
     predictions = json.loads((out / "seed-1" / f"predictions-{task}.json").read_text())
     assert len(predictions) == 40
@@ -631,3 +632,63 @@ def test_system_failures_are_one_line(tmp_path, tiny_dir, glue_dir, monkeypatch,
     monkeypatch.setattr(run, "load_task_data", ctrl_c)
     code, line = cli_error(run_args(tiny_dir, tmp_path / "d", glue_dir=glue_dir), capsys)
     assert code == 130 and "interrupted" in line and "--resume" in line
+
+
+def test_skipped_dev_rows_are_recorded_and_said_last(tmp_path, tiny_dir, glue_dir, capsys):
+    damaged = tmp_path / "glue"
+    (damaged / "RTE").mkdir(parents=True)
+    shutil.copy(glue_dir / "RTE" / "train.tsv", damaged / "RTE" / "train.tsv")
+    lines = (glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\tmaybe\n"  # a label that is not one of RTE's two
+    (damaged / "RTE" / "dev.tsv").write_text("".join(lines), encoding="utf-8")
+    record = run.main(run_args(tiny_dir, tmp_path / "out", "--epochs", 1, "--limit-train", 8, "--batch-size", 4,
+                               glue_dir=damaged))
+    assert record["skipped_rows"] == {"train": 0, "dev": 1} == results_of(tmp_path / "out")["skipped_rows"]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("WARNING: malformed rows were skipped (dev 1;") and "not comparable" in last
+
+
+def test_records_number_blocks_from_1_and_a_version_1_record_is_upgraded(tmp_path, tiny_dir, glue_dir):
+    short = ("--limit-train", 8, "--limit-eval", 4, "--batch-size", 4)  # 2 steps per epoch, 3 epochs/stages
+    record = run.main(run_args(tiny_dir, tmp_path / "new", *short, glue_dir=glue_dir))
+    numbered = [[1, 2, 3, 4], [2, 3, 4], [3, 4]]  # 4 blocks in 3 parts: {1}, {2}, {3, 4}
+    assert record["format_version"] == 2 and record["stages"] == numbered
+    assert [e["trainable_blocks"] for e in record["runs"][0]["epochs"]] == numbered
+
+    # A version-1 run interrupted in epoch 2: its record and checkpoint counted blocks from 0.
+    out = tmp_path / "old"
+    with pytest.raises(SystemExit):
+        run.main(run_args(tiny_dir, out, *short, "--interrupt-after-steps", 3, glue_dir=glue_dir))
+    results = results_of(out)
+    results["format_version"], results["stages"] = 1, [[0, 1, 2, 3], [1, 2, 3], [2, 3]]
+    for entry in results["runs"][0]["epochs"]:
+        entry["trainable_blocks"] = [b - 1 for b in entry["trainable_blocks"]]
+    (out / "results.json").write_text(json.dumps(results))
+    checkpoint = out / "seed-1" / "checkpoint.safetensors"
+    meta = run.checkpoint_meta(checkpoint)
+    del meta["format_version"]
+    meta["run"]["epochs"][0]["trainable_blocks"] = [0, 1, 2, 3]
+    save_file(load_file(checkpoint), str(checkpoint), metadata={"progtuning": json.dumps(meta)})
+    resumed = run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=glue_dir))
+    assert resumed["format_version"] == 2
+    assert [e["trainable_blocks"] for e in resumed["runs"][0]["epochs"]] == numbered
+    assert resumed["runs"][0]["final"] == record["runs"][0]["final"]
+
+
+def test_resume_with_save_trained_writes_a_finished_seeds_weights(tmp_path, tiny_dir, glue_dir, capsys):
+    short = ("--epochs", 1, "--limit-train", 8, "--limit-eval", 4, "--batch-size", 4)
+    out = tmp_path / "run"
+    run.main(run_args(tiny_dir, out, *short, glue_dir=glue_dir))
+    assert not (out / "seed-1" / "trained.safetensors").exists()
+    log_before = (out / "seed-1" / "log.jsonl").read_text()
+    run.main(run_args(tiny_dir, out, *short, "--resume", "--save-trained", glue_dir=glue_dir))
+    trained = load_file(out / "seed-1" / "trained.safetensors")
+    final = run.checkpoint_tensors(out / "seed-1" / "checkpoint.safetensors", "model/")
+    assert trained.keys() == final.keys() and all(torch.equal(trained[k], final[k]) for k in final)
+    assert (out / "seed-1" / "log.jsonl").read_text() == log_before  # nothing trained, nothing logged
+
+    gone = tmp_path / "gone"
+    run.main(run_args(tiny_dir, gone, *short, "--no-keep-checkpoint", glue_dir=glue_dir))
+    with pytest.raises(SystemExit, match=r"--save-trained: seed\(s\) 1 finished earlier and their checkpoint was "
+                                         r"removed"):
+        run.main(run_args(tiny_dir, gone, *short, "--resume", "--save-trained", glue_dir=glue_dir))
