@@ -48,6 +48,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import data
+import distributed
 import glue_eval
 import sparse
 import squad_eval
@@ -153,6 +154,7 @@ class Settings:
     overwrite: bool = False
     save_trained: bool = False
     keep_checkpoint: bool = True  # a finished seed's checkpoint (weights + AdamW moments: ~3x the model)
+    dist_timeout: float = 30.0  # minutes a process waits for the others (torchrun) before it gives up
     count_only: bool = False
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
     preset_source: str = ""
@@ -252,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     g.add_argument("--amp-dtype", default="auto", choices=("auto", "bf16", "fp16"),
                    help="autocast precision: auto = bf16 where the device supports it, else fp16 with a "
                         "GradScaler; fp16 forces loss scaling (CUDA only)")
+    g.add_argument("--dist-timeout", type=float, default=30.0,
+                   help="torchrun: minutes a process waits in a collective (for the others) before it stops "
+                        "with an error, so a dead or hung process cannot leave the rest waiting forever")
     p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     p.add_argument("--interrupt-after-steps", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -311,7 +316,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         mask_scope=args.mask_scope or "tensor", burn_in_steps=args.burn_in_steps,
         null_threshold=args.null_threshold, limit_train=args.limit_train, limit_eval=args.limit_eval,
         log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, save_trained=args.save_trained,
-        keep_checkpoint=args.keep_checkpoint,
+        keep_checkpoint=args.keep_checkpoint, dist_timeout=args.dist_timeout,
         count_only=args.count_only, interrupt_after_steps=args.interrupt_after_steps, preset_source=source)
     checks = [("--epochs", settings.epochs >= 1, settings.epochs, ">= 1"),
               ("--stages", settings.stages >= 1, settings.stages, ">= 1"),
@@ -325,6 +330,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
               ("--warmup-ratio", 0 <= settings.warmup_ratio < 1, settings.warmup_ratio, "in [0, 1)"),
               ("--weight-decay", settings.weight_decay >= 0, settings.weight_decay, ">= 0"),
               ("--log-every", settings.log_every >= 1, settings.log_every, ">= 1"),
+              ("--dist-timeout", settings.dist_timeout > 0, settings.dist_timeout, "> 0 (minutes)"),
               ("--limit-train", settings.limit_train is None or settings.limit_train >= 1, settings.limit_train,
                ">= 1"),
               ("--limit-eval", settings.limit_eval is None or settings.limit_eval >= 2, settings.limit_eval,
@@ -607,7 +613,10 @@ def _json_safe(value):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file + rename: a crash mid-write leaves the previous version, never half a file."""
+    """Temp file + rename: a crash mid-write leaves the previous version, never half a file. Under torchrun
+    only rank 0 writes (here and in append_log, save_checkpoint)."""
+    if not distributed.WORLD.main:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(text, encoding="utf-8")
@@ -646,6 +655,8 @@ def read_log(path: Path) -> list[dict]:
 
 
 def append_log(path: Path, entry: dict) -> None:
+    if not distributed.WORLD.main:
+        return
     with open(path, "a", encoding="utf-8") as file:
         file.write(json.dumps(_json_safe({"time": time.time(), **entry})) + "\n")
 
@@ -668,7 +679,7 @@ def environment(settings: Settings) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": settings.device,
+           "cpu": cpu_model(), "cpu_count": os.cpu_count(), "processes": distributed.WORLD.size, "torch_threads": torch.get_num_threads(), "device": settings.device,
            "autocast": str(autocast_dtype(settings)).removeprefix("torch.") if settings.amp else None,
            "git_commit": commit}
     if settings.device.startswith("cuda"):
@@ -707,10 +718,14 @@ def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optim
     for name in names:
         for key, value in optimizer.state.get(params[name], {}).items():
             tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
-    tensors["rng/cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
-    meta = {**meta, "scaler": scaler.state_dict() if scaler is not None else None}
+    # Every process's dropout generator (rank 0's under rng/, rank r's under rng/rank-r/), gathered first:
+    # this is a collective, so every process calls save_checkpoint and only rank 0 writes.
+    world = distributed.WORLD
+    for rank, states in enumerate(distributed.gather(rng_states(), world)):
+        tensors.update({rng_prefix(rank) + key: state for key, state in states.items()})
+    if not world.main:
+        return
+    meta = {**meta, "world_size": world.size, "scaler": scaler.state_dict() if scaler is not None else None}
     temp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temp), metadata={"progtuning": json.dumps(_json_safe(meta))})
     replace_durably(temp, path)
@@ -742,9 +757,21 @@ def load_checkpoint(path: Path, meta: dict, model: Transformer, optimizer: torch
         scaler.load_state_dict(meta["scaler"])
 
 
+def rng_states() -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def rng_prefix(rank: int) -> str:
+    return "rng/" if rank == 0 else f"rng/rank-{rank}/"
+
+
 def restore_rng(path: Path) -> None:
-    """The random generators as the checkpoint saved them: dropout goes on as if never interrupted."""
-    rng = checkpoint_tensors(path, "rng/")
+    """The random generators as the checkpoint saved them (this process's, under torchrun): dropout goes on
+    as if never interrupted."""
+    rng = checkpoint_tensors(path, rng_prefix(distributed.WORLD.rank))
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
@@ -763,7 +790,9 @@ def checkpoint_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 class Interrupt:
     """The first Ctrl-C (SIGINT) or SIGTERM -- what SLURM and Kubernetes send before they preempt a job --
     asks the loop to checkpoint and stop after the current step; a second one acts as it would have
-    without us (it kills)."""
+    without us (it kills). Under torchrun a second one is ignored instead: on Ctrl-C the launcher itself
+    sends every process the same signal again right away (and kills them 30 s later), which would
+    otherwise abort the checkpoint that the first one asked for."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -777,7 +806,12 @@ class Interrupt:
         return self
 
     def _handle(self, signum, frame):
+        if self.requested:
+            return  # only under torchrun, where the first signal keeps this handler
         self.requested, self.signal = True, signum
+        if distributed.WORLD.distributed:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint", flush=True)
+            return
         print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint (send it again "
               "to abort)", flush=True)
         self._restore()
@@ -808,14 +842,19 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def compute_loss(settings: Settings, output, batch: dict) -> torch.Tensor:
+def compute_loss(settings: Settings, output, batch: dict, scale: float | None = None) -> torch.Tensor:
+    """The batch's mean loss; with `scale`, the summed loss times scale (a process's share of a global
+    batch under torchrun: distributed.share says why)."""
+    reduction = "mean" if scale is None else "sum"
     if settings.is_squad:
         start_logits, end_logits = output
-        return (F.cross_entropy(start_logits.float(), batch["start_positions"]) +
-                F.cross_entropy(end_logits.float(), batch["end_positions"])) / 2
-    if data.glue_task(settings.task).is_regression:
-        return F.mse_loss(output.float().squeeze(-1), batch["labels"])
-    return F.cross_entropy(output.float(), batch["labels"])
+        loss = (F.cross_entropy(start_logits.float(), batch["start_positions"], reduction=reduction) +
+                F.cross_entropy(end_logits.float(), batch["end_positions"], reduction=reduction)) / 2
+    elif data.glue_task(settings.task).is_regression:
+        loss = F.mse_loss(output.float().squeeze(-1), batch["labels"], reduction=reduction)
+    else:
+        loss = F.cross_entropy(output.float(), batch["labels"], reduction=reduction)
+    return loss if scale is None else loss * scale
 
 
 def autocast_dtype(settings: Settings) -> torch.dtype | None:
@@ -842,10 +881,10 @@ def non_finite_loss(model, batch: dict, loss: torch.Tensor, settings: Settings, 
     the answer differs: a broken checkpoint, broken data, or a learning rate that diverged."""
     broken = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     if broken is not None and first:
-        cause = (f"the weights already hold nan or inf ({broken.removeprefix('_orig_mod.')}) before any step: "
+        cause = (f"the weights already hold nan or inf ({_plain_name(broken)}) before any step: "
                  f"the checkpoint {settings.model} is broken; get it again")
     elif broken is not None:
-        cause = (f"training diverged: {broken.removeprefix('_orig_mod.')} holds nan or inf; lower --lr "
+        cause = (f"training diverged: {_plain_name(broken)} holds nan or inf; lower --lr "
                  f"(now {settings.lr})")
     elif any(v.is_floating_point() and not torch.isfinite(v).all() for v in batch.values()):
         cause = "the batch's targets hold nan or inf: check the training data"
@@ -854,6 +893,13 @@ def non_finite_loss(model, batch: dict, loss: torch.Tensor, settings: Settings, 
     else:
         cause = f"weights and targets are finite and the loss overflowed: lower --lr (now {settings.lr})"
     return FloatingPointError(f"loss is {loss.item()} at {where}: {cause}")
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name without the prefixes torch.compile and DDP wrappers add."""
+    while name.startswith(("_orig_mod.", "module.")):
+        name = name.split(".", 1)[1]
+    return name
 
 
 def make_optimizer(model: Transformer, names: list[str], settings: Settings,
@@ -891,7 +937,10 @@ def compiled(model: Transformer, settings: Settings, counter: GraphCounter | Non
     if not settings.compile:
         return model
     torch._dynamo.reset()
-    return torch.compile(model, backend=counter or settings.compile_backend, fullgraph=True)
+    # Under DDP, dynamo splits the graph at DDP's bucket boundaries on purpose (to overlap the all-reduce
+    # with backward), which fullgraph would reject.
+    fullgraph = not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    return torch.compile(model, backend=counter or settings.compile_backend, fullgraph=fullgraph)
 
 
 def model_inputs(batch: dict, settings: Settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -911,10 +960,15 @@ def train_step(step_model, batch: dict, settings: Settings, optimizer: torch.opt
                trainable: list[torch.nn.Parameter], where: str, first: bool = False) -> torch.Tensor:
     """One optimizer step: forward under autocast -> backward -> (unscale) -> clip -> step -> zero_grad.
     With fp16 the GradScaler's step skips the update when a gradient is inf or nan (and lowers the
-    scale); clipping after unscale_ sees the true gradient norm. first: no step of this run came before."""
+    scale); clipping after unscale_ sees the true gradient norm. first: no step of this run came before.
+    Under torchrun this process trains on its share of the global batch, and DDP's backward averages the
+    gradients, so every process steps with the global batch's gradient."""
+    world = distributed.WORLD
+    if world.distributed:
+        batch, scale = distributed.share(batch, world)
     with autocast(settings):
         output = step_model(*model_inputs(batch, settings))
-        loss = compute_loss(settings, output, batch)
+        loss = compute_loss(settings, output, batch, scale if world.distributed else None)
     if not torch.isfinite(loss):
         raise non_finite_loss(step_model, batch, loss, settings, where, first)
     if scaler is not None:
@@ -937,8 +991,11 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
     parameter accounting (the same for every seed)."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     log_path, checkpoint_path = seed_dir / "log.jsonl", seed_dir / "checkpoint.safetensors"
-    torch.manual_seed(seed)  # the new head's initialisation, then dropout
+    world = distributed.WORLD
+    torch.manual_seed(seed)  # the new head's initialisation (the same in every process), then dropout
     model = build_model(settings).to(settings.device)
+    if world.rank:  # under torchrun, each process its own dropout stream, from (seed, rank)
+        torch.manual_seed(seed * 1_000_003 + world.rank)
     stages = plan(settings, model)
     steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
@@ -958,12 +1015,17 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                              f"{ {k: b for k, (a, b) in differing.items()} }. Resume with the same flags, or "
                              "start over with --overwrite")
         check_same_data(meta.get("data_files"), task_data.files, checkpoint_path)
+        if meta.get("world_size", 1) != world.size:
+            raise SystemExit(f"error: {checkpoint_path} was written by {meta.get('world_size', 1)} process(es) and "
+                             f"this run has {world.size}; resume with --nproc_per_node (x nodes) = "
+                             f"{meta.get('world_size', 1)}, since each process's dropout stream is in it")
         run = upgrade_run(meta["run"], meta.get("format_version", 1))
-    elif log_path.exists():
+    elif log_path.exists() and world.main:
         log_path.unlink()  # a fresh start; an old log would mix two runs
     # Where this seed's time was spent (a resumed seed may have moved), so its minutes name their machine.
     machine = f"{cpu_model()}, {torch.get_num_threads()} thread(s), {settings.device}" + (
-        f" ({torch.cuda.get_device_name(settings.device)})" if settings.device.startswith("cuda") else "")
+        f" ({torch.cuda.get_device_name(settings.device)})" if settings.device.startswith("cuda") else "") + (
+        f", {world.size} processes" if world.distributed else "")
     if machine not in run.setdefault("machines", []):
         run["machines"].append(machine)
 
@@ -998,7 +1060,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 "position": position, "run": run, "data_files": task_data.files}
         save_checkpoint(checkpoint_path, model, optimizer, names, scaler, meta, mask_tensors)
 
-    stage, step_model, compiled_for, compile_record = None, model, None, None
+    stage, step_model, wrapped_for, compile_record = None, model, None, None
+    parts = model_parts(model) if world.distributed else None
     counter = GraphCounter(settings.compile_backend) if settings.compile else None
     started = time.perf_counter()
     # `started` restarts each epoch (for the wall time); the ETA's clock and step count never do
@@ -1021,11 +1084,15 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                     stage_names = apply_stage(model, stages[stage - 1], settings.method, settings.freeze_embeddings,
                                               entries)
                     trainable = [p for n, p in model.named_parameters() if n in stage_names]
-                    if settings.compile and stage_names != compiled_for:  # ft's stages change nothing
-                        step_model, compiled_for = compiled(model, settings, counter), stage_names
-                        compile_record = {"stage": stage, "epoch": epoch + 1, "graphs": 0, "seconds": 0.0,
-                                          "batch_shapes": []}
-                        run.setdefault("compile", []).append(compile_record)
+                    if stage_names != wrapped_for:  # ft's stages change nothing
+                        # DDP (under torchrun) and the compiled graph both capture which parameters train:
+                        # build both anew for the new set (distributed.wrap and compiled say why)
+                        step_model = compiled(distributed.wrap(model, world), settings, counter)
+                        wrapped_for = stage_names
+                        if settings.compile:
+                            compile_record = {"stage": stage, "epoch": epoch + 1, "graphs": 0, "seconds": 0.0,
+                                              "batch_shapes": []}
+                            run.setdefault("compile", []).append(compile_record)
                     blocks = stages[stage - 1]
                     print(f"stage {stage}/{settings.stages} from epoch {epoch + 1} step {step_in_epoch}: "
                           f"training blocks {_blocks_label(blocks)} of {len(model.blocks)} "
@@ -1039,6 +1106,10 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                 loss = train_step(step_model, batch, settings, optimizer, scaler, trainable,
                                   f"epoch {epoch + 1} step {step_in_epoch}", first=step == 0)
                 loss_value = loss.item()  # waits for the GPU, so the step's time below is its whole time
+                stop = interrupt.requested or (settings.interrupt_after_steps is not None and
+                                               burn_in_here + steps_done_here + 1 >= settings.interrupt_after_steps)
+                # torchrun: the global batch's loss, and every process stops after the same step
+                loss_value, stop = distributed.step_summary(loss_value, stop, world)
                 if counter is not None:
                     # Compile time apart from training time: the steps that built a graph, whole.
                     compile_record["graphs"] += counter.graphs - graphs_before
@@ -1066,8 +1137,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                           f"ETA {_duration(entry['eta_s'])}", flush=True)
                     append_log(log_path, entry)
                     window_loss, window_count, window_examples, window_started = 0.0, 0, 0, time.perf_counter()
-                if interrupt.requested or (settings.interrupt_after_steps is not None
-                                           and burn_in_here + steps_done_here >= settings.interrupt_after_steps):
+                if stop:
                     run["wall_seconds"] += time.perf_counter() - started
                     run["status"] = "interrupted"
                     position["epoch_seconds_before"] = (position.get("epoch_seconds_before", 0.0)
@@ -1079,7 +1149,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                                       interrupt.exit_code)
 
             train_loss = position["loss_sum"] / max(1, position["loss_count"])
-            metrics = evaluate(settings, model, task_data, tokenizer, seed_dir)
+            metrics = evaluate(settings, model, task_data, tokenizer, seed_dir) if world.main else {}
+            distributed.barrier()  # the other processes wait for rank 0's evaluation
             # An epoch resumed after an interrupt: its whole time, and the part before the interrupt apart.
             before = position.get("epoch_seconds_before", 0.0)
             epoch_seconds = before + time.perf_counter() - epoch_started
@@ -1088,6 +1159,8 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                       "updated_params": counts.updated_params_per_epoch[epoch]}
             if before:
                 record["wall_seconds_before_interrupt"] = before
+            if parts is not None:  # proof that frozen parts stayed bitwise and that the processes agree
+                record["digests"] = distributed.agreed_digests(model, parts, world)
             run["epochs"].append(record)
             run["wall_seconds"] += time.perf_counter() - started
             started = time.perf_counter()
@@ -1105,7 +1178,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
             checkpoint()
             on_epoch_end(run)
 
-    if settings.save_trained:
+    if settings.save_trained and world.main:
         params = dict(model.named_parameters())
         path = seed_dir / "trained.safetensors"
         meta = {"settings": dataclasses.asdict(settings), "seed": seed}
@@ -1120,10 +1193,20 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                       metadata={"progtuning": json.dumps(meta)})
             replace_durably(temp, path)
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
-    if not settings.keep_checkpoint and run["status"] == "complete":
+    if not settings.keep_checkpoint and run["status"] == "complete" and world.main:
         checkpoint_path.unlink(missing_ok=True)
         print(f"removed {checkpoint_path} (--no-keep-checkpoint; the seed is complete)")
     return run
+
+
+def model_parts(model: Transformer) -> dict[str, list[str]]:
+    """Parameter names per part, in the paper's terms: E, blocks 1..L, H (for the digests of a run under
+    torchrun)."""
+    parts: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        part, block = part_of(name)
+        parts.setdefault(f"block {block + 1}" if part == "block" else part[0].upper(), []).append(name)
+    return parts
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> list[int]:
@@ -1182,11 +1265,14 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
     epoch 2's, ...). Ctrl-C (or --interrupt-after-steps) saves the running sums, the RNG and the position,
     and --resume goes on from there: the scores end bitwise as if never interrupted (on CPU)."""
     params = dict(model.named_parameters())
+    world = distributed.WORLD
     done = 0
     if meta is not None:  # an interrupted burn-in: its sums become the .grad that burn_in adds onto
         done = meta["position"]["burn_in_step"]
         for name, total in checkpoint_tensors(checkpoint_path, "burnin/").items():
-            params[name].grad = total.to(params[name].device)
+            # the saved sums are every process's together: rank 0 carries them on, the others start at 0
+            params[name].grad = total.to(params[name].device) if world.main else torch.zeros_like(
+                total, device=params[name].device)
         restore_rng(checkpoint_path)
         print(f"resuming seed {seed}'s SAM burn-in at batch {done + 1} of {steps}")
     started = time.perf_counter()
@@ -1199,27 +1285,34 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
             yield {k: v.to(settings.device) for k, v in batch.items()}
 
     def loss_of(batch):
+        scale = None
+        if world.distributed:  # this process's rows; its sums are added to the others' at the end
+            batch, scale = distributed.share(batch, world)
+            scale /= world.size  # no DDP average here: the sum over processes is the whole batch's mean
         with autocast(settings):
             return compute_loss(settings, model(batch["input_ids"], batch["attention_mask"],
-                                                batch["token_type_ids"]), batch)
+                                                batch["token_type_ids"]), batch, scale)
 
     with Interrupt() as interrupt:
         def on_step(i, sums):
-            if interrupt.requested or (settings.interrupt_after_steps is not None
-                                       and i >= settings.interrupt_after_steps):
+            stop = distributed.any_of(interrupt.requested or (settings.interrupt_after_steps is not None
+                                                              and i >= settings.interrupt_after_steps), world)
+            if stop:
+                distributed.sum_tensors(list(sums.values()), world)  # in place, so the checkpoint has them all
                 run["status"] = "interrupted"
                 run["burn_in_seconds"] = run.get("burn_in_seconds", 0.0) + time.perf_counter() - started
                 position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0,
                             "burn_in_step": done + i}
                 save_checkpoint(checkpoint_path, model, None, [], None,
-                                {"settings": settings.run_defining(), "seed": seed, "position": position,
-                                 "run": run, "data_files": task_data.files},
+                                {"format_version": FORMAT_VERSION, "settings": settings.run_defining(),
+                                 "seed": seed, "position": position, "run": run, "data_files": task_data.files},
                                 {f"burnin/{name}": total for name, total in sums.items()})
                 raise Interrupted(f"seed {seed}: interrupted in SAM's burn-in after batch {done + i} of {steps}; "
                                   f"checkpoint written to {checkpoint_path}; continue with --resume",
                                   interrupt.exit_code)
 
-        scores = sparse.burn_in(model, eligible, batches(), loss_of, on_step)
+        scores = sparse.burn_in(model, eligible, batches(), loss_of, on_step,
+                                lambda sums: distributed.sum_tensors(sums, world))
     run["status"] = "running"
     return scores, steps - done
 
@@ -1326,6 +1419,14 @@ def evaluate_squad(settings: Settings, model: Transformer, eval_set: EvalSet, to
 
 def main(argv: list[str] | None = None) -> dict:
     settings = parse_args(argv)
+    processes = distributed.world_size_from_environment()
+    if settings.batch_size % processes:
+        raise SystemExit(f"error: --batch-size {settings.batch_size} is the global batch and must split evenly "
+                         f"over the {processes} processes of this torchrun job (WORLD_SIZE={processes}); use a "
+                         f"multiple of {processes}")
+    world, settings.device = distributed.init(settings.device, settings.dist_timeout)
+    if not world.main:
+        sys.stdout = open(os.devnull, "w")  # rank 0 reports for everyone; errors still reach stderr
     print("settings: " + json.dumps(dataclasses.asdict(settings)), flush=True)
     print(f"preset: {settings.preset_source}")
     positions = load_config(settings.model).max_length
@@ -1334,8 +1435,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{settings.model} (max_position_embeddings in its config.json); use --max-length "
                          f"{positions} or less")
     if settings.count_only:
-        return count_only(settings)
-    folder = resolve_checkpoint(settings.model)
+        return count_only(settings) if world.main else {}
+    with distributed.main_first():  # one process downloads a missing checkpoint, the others find it
+        folder = resolve_checkpoint(settings.model)
     if not settings.random_init and not weight_files(folder):
         raise SystemExit(f"error: {folder} has config.json but no model.safetensors, so training would start "
                          "from random weights; add the weights, or pass --random-init if a random start is what "
@@ -1353,14 +1455,16 @@ def main(argv: list[str] | None = None) -> dict:
                              "to replace it, or choose another --output-dir")
     if settings.resume and previous is None:
         print(f"note: --resume but no {results_path} yet; seeds continue from their checkpoints where present")
-    if settings.overwrite and not settings.resume:
+    if settings.overwrite and not settings.resume and world.main:
         for seed in settings.seeds:
             for stale in ("checkpoint.safetensors", "log.jsonl"):
                 (out / f"seed-{seed}" / stale).unlink(missing_ok=True)
 
+    distributed.barrier()  # every process has read what exists before rank 0 writes anything
     torch.manual_seed(0)
     tokenizer = load_tokenizer(settings.model)
-    task_data = load_task_data(settings, tokenizer)
+    with distributed.main_first():  # likewise a missing GLUE task or SQuAD file
+        task_data = load_task_data(settings, tokenizer)
     planning_model = build_model(settings, weights=False)
     stages = plan(settings, planning_model)
     steps_per_epoch = math.ceil(len(task_data.train) / settings.batch_size)
@@ -1417,9 +1521,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             run = train_one_seed(settings, seed, task_data, tokenizer, out / f"seed-{seed}", counts, save)
         except Interrupted as stop:
-            run = checkpoint_meta(out / f"seed-{seed}" / "checkpoint.safetensors")["run"]
-            save(run)
-            print(stop, file=sys.stderr)
+            if world.main:
+                save(checkpoint_meta(out / f"seed-{seed}" / "checkpoint.safetensors")["run"])
+                print(stop, file=sys.stderr)
             raise SystemExit(stop.exit_code) from None
         save(run)
 
@@ -1470,6 +1574,18 @@ def cli(argv: list[str] | None = None) -> None:
     """main() as the command line runs it: every expected failure ends as one line and an exit code."""
     try:
         main(argv)
+    except RuntimeError as error:
+        # Under torchrun, a collective that failed: another process died, was killed, or hung past the
+        # timeout. Gloo and NCCL report it as a RuntimeError (or torch.distributed.DistError) naming the
+        # transport; any other RuntimeError is a bug and keeps its traceback.
+        if not (distributed.WORLD.distributed and (isinstance(error, torch.distributed.DistError) or
+                                                   distributed.COMMUNICATION_FAILURE.search(str(error)))):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"error: process {distributed.WORLD.rank} of {distributed.WORLD.size}: waiting for the "
+                         f"other processes failed ({type(error).__name__}: {first}); one of them stopped or hung "
+                         "(the wait is limited by --dist-timeout). Finished epochs are in the checkpoint: "
+                         "continue with --resume") from None
     except (OSError, ValueError, FloatingPointError, SafetensorError, data.GlueDownloadError,
             data.SquadDownloadError) as error:
         # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
@@ -1482,6 +1598,8 @@ def cli(argv: list[str] | None = None) -> None:
         print("error: interrupted; files already written (finished seeds, epoch checkpoints) are kept: continue "
               "with --resume", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

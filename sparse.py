@@ -130,7 +130,8 @@ def magnitude_scores(model: nn.Module, names: list[str]) -> dict[str, torch.Tens
     return {name: params[name].detach().abs() for name in names}
 
 
-def burn_in(model: nn.Module, names: list[str], batches, loss_of, on_step=None) -> dict[str, torch.Tensor]:
+def burn_in(model: nn.Module, names: list[str], batches, loss_of, on_step=None,
+            combine=None) -> dict[str, torch.Tensor]:
     """SAM's scores |Σ_b g_b|: the training loss's gradient at θ0 summed over the burn-in batches, in train
     mode (dropout on), as training would draw them. Autograd sums the per-batch gradients itself when
     .grad is not cleared between backward passes. Only `names` require grad meanwhile; the weights, the
@@ -139,6 +140,8 @@ def burn_in(model: nn.Module, names: list[str], batches, loss_of, on_step=None) 
     batches: iterable of batches; loss_of(batch) -> the batch's mean loss; on_step(i, grads): called after
     each batch i (1-based) with the running sums, so a caller can checkpoint or stop (by raising).
     A .grad already present on a name (the running sums of an interrupted burn-in) is summed onto.
+    combine(sums): called once with the final sums (a list, changed in place) before the scores are taken;
+    several processes each summing their share of every batch add theirs together there.
     """
     params = dict(model.named_parameters())
     before = {name: p.requires_grad for name, p in params.items()}
@@ -150,6 +153,8 @@ def burn_in(model: nn.Module, names: list[str], batches, loss_of, on_step=None) 
             loss_of(batch).backward()
             if on_step is not None:
                 on_step(i, {name: params[name].grad for name in names})
+        if combine is not None:
+            combine([params[name].grad for name in names])
         return {name: params[name].grad.abs() for name in names}
     finally:
         for name, p in params.items():

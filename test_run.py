@@ -18,31 +18,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import TINY_CONFIG, build_tiny_bert
 import model as M
 import progtuning as P
 import report
 import run
 
 HERE = Path(__file__).resolve().parent
-TINY_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 4,
-               "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
-               "type_vocab_size": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-               "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
-               "pad_token_id": 0}
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, minilm_dir) -> Path:
     """A 4-block, 32-wide BERT with random (saved) weights and MiniLM's real tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / name, folder / name)
-    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
-    torch.manual_seed(0)
-    weights = M.Transformer(M.ModelConfig.from_json(folder / "config.json"), head="classification", num_labels=2)
-    save_file({k: v.contiguous() for k, v in weights.state_dict().items() if not k.startswith("classifier.")},
-              str(folder / "model.safetensors"))
-    return folder
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
 
 
 def run_args(model_dir, out, *extra, glue_dir=None):
