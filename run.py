@@ -1574,6 +1574,12 @@ def cli(argv: list[str] | None = None) -> None:
     """main() as the command line runs it: every expected failure ends as one line and an exit code."""
     try:
         main(argv)
+    except (OSError, ValueError, FloatingPointError, SafetensorError, data.GlueDownloadError,
+            data.SquadDownloadError) as error:
+        # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
+        # no network): one clear line, no traceback. OSError covers the file system and the network.
+        raise SystemExit(f"error: {type(error).__name__ + ': ' if isinstance(error, OSError) else ''}{error}") \
+            from None
     except RuntimeError as error:
         # Under torchrun, a collective that failed: another process died, was killed, or hung past the
         # timeout. Gloo and NCCL report it as a RuntimeError (or torch.distributed.DistError) naming the
@@ -1586,12 +1592,6 @@ def cli(argv: list[str] | None = None) -> None:
                          f"other processes failed ({type(error).__name__}: {first}); one of them stopped or hung "
                          "(the wait is limited by --dist-timeout). Finished epochs are in the checkpoint: "
                          "continue with --resume") from None
-    except (OSError, ValueError, FloatingPointError, SafetensorError, data.GlueDownloadError,
-            data.SquadDownloadError) as error:
-        # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
-        # no network): one clear line, no traceback. OSError covers the file system and the network.
-        raise SystemExit(f"error: {type(error).__name__ + ': ' if isinstance(error, OSError) else ''}{error}") \
-            from None
     except KeyboardInterrupt:
         # Training turns the first Ctrl-C into a checkpoint; this is one outside it (loading, tokenizing) or a
         # second one that aborts: what was written before (epoch checkpoints, finished seeds) stays valid.

@@ -118,17 +118,14 @@ def test_resume_under_two_processes_ends_as_if_never_interrupted(tmp_path, dropo
         e["digests"] for e in records[1]["runs"][0]["epochs"]]
 
 
-def test_a_global_batch_that_does_not_split_evenly_is_one_line(tmp_path, dropout_dir, glue_dir, monkeypatch,
-                                                                 capsys):
+def test_a_global_batch_that_does_not_split_evenly_is_one_line(tmp_path, dropout_dir, glue_dir, monkeypatch):
+    """Checked before the process group starts, so the environment torchrun sets is enough to test it."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as stop:
         run.cli([str(a) for a in common(dropout_dir, glue_dir, tmp_path / "a")] + ["--batch-size", "5"])
     assert stop.value.code == ("error: --batch-size 5 is the global batch and must split evenly over the 2 "
                                "processes of this torchrun job (WORLD_SIZE=2); use a multiple of 2")
-    monkeypatch.delenv("WORLD_SIZE")
-    launched = torchrun(*common(dropout_dir, glue_dir, tmp_path / "b", "--batch-size", 5))
-    assert launched.returncode != 0 and stop.value.code in launched.stderr
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
 
 
 def _free_port() -> int:
