@@ -7,11 +7,15 @@ metric order of the Progtuning paper's tables (SPEC.md section 6: F1 before accu
 Pearson before Spearman for STS-B, exact match before F1 for SQuAD). The file's own `summary` is only
 cross-checked, never copied.
 
-    python report.py PATH [PATH ...] [--out FILE] [--baseline]
+    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--plots DIR [--bench FILE]]
 
 Each PATH is a results.json file or a folder searched recursively for results.json. --baseline adds a
 "majority class" row per table from the files' `majority_baseline` ("always no answer" for SQuAD). Runs
 that are not complete are left out, and files with no complete run are skipped; both are noted on stderr.
+--overview adds one compact table (method x mode rows, a column per task, as the papers lay out theirs).
+--plots DIR writes tradeoff.png (score against updated parameters, FT -> PT arrows), curves-<task>.png (dev
+score per epoch, FT against PT, stage switches marked) and, with --bench FILE (bench.py --json-out),
+bench.png (step time per stage against the cost model); matplotlib is needed only for --plots.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +95,9 @@ class ResultRow:
     runs_used: int
     subset: str | None  # "limit_train=..., limit_eval=..." when trained or evaluated on part of the data
     variant: str | None = None  # "autocast", "E frozen": run options that change the numbers beyond the recipe
+    # report name -> metric -> one summary per epoch over the complete runs (dev scores after each epoch)
+    epoch_scores: dict[str, dict[str, list[MetricSummary]]] = field(default_factory=dict)
+    stage_of_epoch: list[int] = field(default_factory=list)  # the stage each epoch ended in
 
 
 def _is_number(value: Any) -> bool:
@@ -184,7 +191,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
     if reduction > 1:
         raise ResultsFormatError(f"{path}: 'reduction' is {reduction!r}; expected a fraction at most 1 "
                                  "(0.22 means 22 % fewer updated parameters)")
-    majority_baseline = None
+    majority_baseline = record.get("majority_baseline") if isinstance(record.get("majority_baseline"), dict) else None
     if need_baseline:
         majority_baseline = _require(record, "majority_baseline", path, "",
                                      "an object", "dev set -> metric -> percent")
@@ -206,6 +213,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
         return None, notes + [f"{path}: skipped, no run is complete"]
 
     per_run_finals: list[dict[str, dict[str, float]]] = []
+    per_run_epochs: list[list[dict]] = []
     wall_seconds: list[float] = []
     report_names: list[str] | None = None
     for index, run in complete_runs:
@@ -220,6 +228,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
             raise ResultsFormatError(f"{path}: {where}.final has dev sets {sorted(final)}, but an earlier "
                                      f"complete run has {sorted(report_names)}")
         per_run_finals.append(final)
+        per_run_epochs.append(_require(run, "epochs", path, where, "a list", "one entry per finished epoch"))
     assert report_names is not None
 
     scores: dict[str, dict[str, MetricSummary]] = {}
@@ -234,7 +243,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
                 for (index, _), final in zip(complete_runs, per_run_finals)
             ]
             scores[report_name][metric] = summarize(values)
-            if majority_baseline is not None:
+            if need_baseline:
                 _require(_require(majority_baseline, report_name, path, "majority_baseline", "an object"),
                          metric, path, f"majority_baseline.{report_name}", "a number or null",
                          "null where the metric is undefined, e.g. a correlation of a constant")
@@ -252,12 +261,36 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
                     notes.append(f"{path}: summary.{report_name}.{metric}.mean is {stored}, but the complete "
                                  f"runs' final values average {recomputed.mean}; the table uses the latter")
 
+    epoch_scores, stage_of_epoch = _epoch_curves(path, scores, per_run_epochs)
     return ResultRow(
         path=path, task=task, model=model, method=method, mode=mode, schedule=schedule, lr=float(lr),
         scores=scores, majority_baseline=majority_baseline, updated_params=float(updated_params),
         reduction=float(reduction), wall_minutes=float(np.mean(wall_seconds)) / 60.0,
         runs_used=len(complete_runs), subset=", ".join(limits) or None, variant=variant,
+        epoch_scores=epoch_scores, stage_of_epoch=stage_of_epoch,
     ), notes
+
+
+def _epoch_curves(path: Path, scores: dict, per_run_epochs: list[list[dict]]):
+    """Per epoch, the dev scores' summary over the complete runs, and the stage each epoch ended in."""
+    lengths = sorted({len(epochs) for epochs in per_run_epochs})
+    if len(lengths) != 1:
+        raise ResultsFormatError(f"{path}: the complete runs have {lengths} epochs each; expected the same "
+                                 "number in every run")
+    curves: dict[str, dict[str, list[MetricSummary]]] = {}
+    for report_name, metrics in scores.items():
+        curves[report_name] = {}
+        for metric in metrics:
+            curves[report_name][metric] = [
+                summarize([_require(_require(_require(epochs[index], "metrics", path, f"runs[*].epochs[{index}]",
+                                                      "an object"),
+                                             report_name, path, f"runs[*].epochs[{index}].metrics", "an object"),
+                                    metric, path, f"runs[*].epochs[{index}].metrics.{report_name}", "a number")
+                           for epochs in per_run_epochs])
+                for index in range(lengths[0])]
+    stages = [_require(epoch, "stage", path, f"runs[*].epochs[{index}]", "a number")
+              for index, epoch in enumerate(per_run_epochs[0])]
+    return curves, stages
 
 
 def find_results_files(paths: list[str | Path]) -> list[Path]:
@@ -316,6 +349,11 @@ def _baseline_cell(value: float | None) -> str:
     return f"{value:.1f}"
 
 
+def _params_cell(count: float) -> str:
+    """68.1M, or 80.6k below a million (BitFit and the sparse methods update tens of thousands)."""
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.1f}k"
+
+
 def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
     """The lines of one markdown table; rows share a task and a model."""
     rows = sorted(rows, key=_row_sort_key)
@@ -358,7 +396,7 @@ def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
         reduction = DASH if row.mode == "ft" else f"{100.0 * row.reduction:.1f}%"
         lines.append(_markdown_row(
             [row.task, method, row.mode, row.schedule, f"{row.lr:g}"] + scores
-            + [str(row.runs_used), f"{row.updated_params / 1e6:.1f}M", reduction, f"{row.wall_minutes:.1f}"]
+            + [str(row.runs_used), _params_cell(row.updated_params), reduction, f"{row.wall_minutes:.1f}"]
         ))
     if footnotes:
         lines += [""] + [f"{note} (a subset of the data; not comparable with the paper)" for note in footnotes]
@@ -376,6 +414,220 @@ def render_report(rows: list[ResultRow], baseline: bool = False) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+# --------------------------------------------------------------------------------------------------
+# The overview: one row per method and mode, one column per task (the papers' layout)
+# --------------------------------------------------------------------------------------------------
+
+TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad", "squad_v2")
+
+
+def _config_key(row: ResultRow) -> tuple:
+    return (row.method, row.mode, row.schedule, row.variant)
+
+
+def _config_label(row: ResultRow) -> list[str]:
+    method = row.method if row.variant is None else f"{row.method} [{row.variant}]"
+    return [method, row.mode if row.schedule in (DASH, "shrink") else f"{row.mode} ({row.schedule})"]
+
+
+def render_overview(rows: list[ResultRow]) -> str:
+    """Main metric (mean ± std over seeds) per task and method × mode, with the reduction in updated
+    parameters. Each task must have at most one record per method, mode, schedule and variant."""
+    tasks = sorted({row.task for row in rows}, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99)
+    cells: dict[tuple, dict[str, ResultRow]] = {}
+    for row in sorted(rows, key=_row_sort_key):
+        same = cells.setdefault(_config_key(row), {})
+        if row.task in same:
+            other = same[row.task]
+            raise ResultsFormatError(
+                f"the overview has one cell per task and method/mode, but {row.task} {row.method} {row.mode} has "
+                f"two records: {other.path} (lr {other.lr:g}) and {row.path} (lr {row.lr:g}); pass one of them")
+        same[row.task] = row
+    headers = []
+    for task in tasks:
+        report_name = next(iter(next(r for r in rows if r.task == task).scores))
+        headers.append(f"{task} {METRIC_LABELS[SHOWN_METRICS[report_name][0]]}")
+    lines = [_markdown_row(["method", "mode"] + headers + ["seeds", "reduction"]),
+             _markdown_row(["---"] * (len(headers) + 4))]
+    for key, by_task in cells.items():
+        first = next(iter(by_task.values()))
+        scores = []
+        for task in tasks:
+            row = by_task.get(task)
+            if row is None:
+                scores.append(DASH)
+                continue
+            report_name = next(iter(row.scores))
+            mark = SUBSET_MARK if row.subset else ""
+            scores.append(format_score(row.scores[report_name][SHOWN_METRICS[report_name][0]]) + mark)
+        seeds = sorted({row.runs_used for row in by_task.values()})
+        reductions = sorted({round(100.0 * row.reduction, 1) for row in by_task.values()})
+        reduction = DASH if first.mode == "ft" else "–".join(f"{r:.1f}%" for r in
+                                                               (reductions[0], reductions[-1])[:len(reductions)])
+        lines.append(_markdown_row(_config_label(first) + scores + ["/".join(map(str, seeds)), reduction]))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures (matplotlib, a dev dependency, imported only here)
+# --------------------------------------------------------------------------------------------------
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("error: --plots needs matplotlib, which is not installed; pip install -r "
+                         "requirements-dev.txt (or pip install matplotlib)") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _main_score(row: ResultRow) -> tuple[str, str, MetricSummary]:
+    report_name = next(iter(row.scores))
+    metric = SHOWN_METRICS[report_name][0]
+    return report_name, metric, row.scores[report_name][metric]
+
+
+def _panels(rows: list[ResultRow]) -> list[tuple[str, str | None]]:
+    """(method, variant) pairs present, in the tables' order: FT and PT are compared within one."""
+    return sorted({(row.method, row.variant) for row in rows},
+                  key=lambda pair: (METHOD_ORDER.index(pair[0]), pair[1] or ""))
+
+
+def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
+    """Score against updated parameters, one point per method and mode (± std over seeds), an arrow from
+    each method's FT to its PT: the trade-off the paper argues for, one panel per task."""
+    plt = _pyplot()
+    tasks = sorted({row.task for row in rows}, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99)
+    methods = [m for m in METHOD_ORDER if any(row.method == m for row in rows)]
+    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(7.5, 5.2 * len(tasks)), 5.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_rows = [row for row in rows if row.task == task]
+        for row in task_rows:
+            _, metric, score = _main_score(row)
+            ax.errorbar(row.updated_params / 1e6, score.mean, yerr=score.std or 0.0, fmt="o" if row.mode == "ft"
+                        else "s", color=colors[row.method], markersize=7, capsize=3,
+                        markerfacecolor="white" if row.mode == "ft" else colors[row.method])
+        for method, variant in _panels(task_rows):  # FT -> PT of the same method, precision and options
+            ft = [r for r in task_rows if (r.method, r.variant) == (method, variant) and r.mode == "ft"]
+            pt = [r for r in task_rows if (r.method, r.variant) == (method, variant) and r.mode == "pt"
+                  and r.schedule == "shrink"]
+            if len(ft) == 1 and len(pt) == 1:
+                ax.annotate("", xy=(pt[0].updated_params / 1e6, _main_score(pt[0])[2].mean),
+                            xytext=(ft[0].updated_params / 1e6, _main_score(ft[0])[2].mean),
+                            arrowprops={"arrowstyle": "->", "color": colors[method], "lw": 1.2})
+        baseline = task_rows[0].majority_baseline
+        report_name, metric, _ = _main_score(task_rows[0])
+        value = (baseline or {}).get(report_name, {}).get(metric)
+        if _is_number(value) and not math.isnan(value):
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1, label="majority class")
+            ax.annotate(BASELINE_LABELS.get(task, "majority class"), xy=(0.01, value), xycoords=("axes fraction",
+                        "data"), fontsize=8, color="grey", va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlabel("updated parameters, summed over epochs (millions, log scale)")
+        report_name, metric, _ = _main_score(task_rows[0])
+        ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]} (mean ± std over seeds)")
+        ax.set_title(f"{task} ({model_label(task_rows[0].model)})")
+        ax.grid(True, which="both", alpha=0.3)
+    handles = [plt.Line2D([], [], color=colors[m], marker="s", linestyle="", label=m) for m in methods]
+    handles += [plt.Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="", label="FT"),
+                plt.Line2D([], [], color="grey", marker="s", linestyle="", label="PT (arrow: FT → PT)")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 5), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(rows: list[ResultRow], task: str, path: Path) -> Path:
+    """Dev score after each epoch, FT against PT, one panel per method; dotted lines where PT's stage
+    changes (between epochs)."""
+    plt = _pyplot()
+    task_rows = [row for row in rows if row.task == task and row.schedule in (DASH, "shrink")]
+    panels = _panels(task_rows)
+    columns = min(3, len(panels))
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.6 * lines), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (method, variant) in zip(axes.flat, panels):
+        for row in (r for r in task_rows if (r.method, r.variant) == (method, variant)):
+            report_name, metric, _ = _main_score(row)
+            curve = row.epoch_scores[report_name][metric]
+            epochs = np.arange(1, len(curve) + 1)
+            means = np.array([s.mean for s in curve])
+            stds = np.array([s.std or 0.0 for s in curve])
+            color = "tab:blue" if row.mode == "ft" else "tab:orange"
+            ax.plot(epochs, means, marker="o", color=color, label=f"{row.mode.upper()} (n={row.runs_used})")
+            ax.fill_between(epochs, means - stds, means + stds, color=color, alpha=0.15)
+            if row.mode == "pt":
+                for epoch in range(1, len(row.stage_of_epoch)):
+                    if row.stage_of_epoch[epoch] != row.stage_of_epoch[epoch - 1]:
+                        ax.axvline(epoch + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(method if variant is None else f"{method} [{variant}]")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (dotted: PT stage switch)")
+        ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bench(bench_path: Path, path: Path) -> Path:
+    """bench.py's step time per stage, as a share of full fine-tuning's, against SPEC 8's cost model."""
+    plt = _pyplot()
+    try:
+        bench = json.loads(Path(bench_path).read_text(encoding="utf-8"))
+        cases = [c for c in bench["cases"] if c.get("section") == "stages" and c.get("kind") == "train"
+                 and c.get("impl") == "ours" and c.get("precision") == "fp32"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ResultsFormatError(f"{bench_path}: not a bench.py --json-out file ({type(error).__name__}: "
+                                 f"{error})") from None
+    if not cases:
+        raise ResultsFormatError(f"{bench_path}: no fp32 training cases of the stages section to plot")
+    methods = [m for m in METHOD_ORDER if any(c["method"] == m for c in cases)]
+    columns = min(3, len(methods))
+    lines = -(-len(methods) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3.6 * columns + 0.6, 3.2 * lines + 0.4), squeeze=False,
+                             sharey=True)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
+        mine = [c for c in cases if c["method"] == method]
+        labels = ["FT" if c["mode"] == "ft" else f"PT {c['stage']}" for c in mine]
+        x = np.arange(len(mine))
+        ax.bar(x, [c["ratio_to_full_ft"] for c in mine], color="tab:blue", alpha=0.7, label="measured step time")
+        ax.plot(x, [c["cost_ratio"] for c in mine], "D", color="black", label="cost model")
+        ax.set_xticks(x, labels)
+        ax.set_title(method)
+        ax.grid(True, axis="y", alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("step time / full FT's")
+    axes[0][0].legend(fontsize=8)
+    machine = bench.get("machine", {})
+    fig.suptitle(f"bench.py: {bench.get('settings', {}).get('config') or 'model'}, "
+                 f"{machine.get('cpu') or machine.get('device') or ''}".rstrip(", "), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(rows: list[ResultRow], folder: Path, bench_path: Path | None = None) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [plot_tradeoff(rows, folder / "tradeoff.png")]
+    for task in sorted({row.task for row in rows}):
+        written.append(plot_curves(rows, task, folder / f"curves-{task}.png"))
+    if bench_path is not None:
+        written.append(plot_bench(bench_path, folder / "bench.png"))
+    return written
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description="Markdown results tables (mean ± sample std over complete seeds) from run.py's "
@@ -386,7 +638,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", metavar="FILE", default=None, help="write the markdown here instead of stdout")
     parser.add_argument("--baseline", action="store_true",
                         help="add a 'majority class' row per table from the files' majority_baseline")
+    parser.add_argument("--overview", action="store_true",
+                        help="also a compact table: method x mode rows, one column per task (main metric)")
+    parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
+    parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
     args = parser.parse_args(argv)
+    if args.bench and not args.plots:
+        parser.error("--bench is plotted with --plots DIR")
 
     try:
         rows = []
@@ -402,7 +660,17 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"error: no results.json under {', '.join(args.paths)} has a complete run; nothing "
                          "to report")
 
-    report = render_report(rows, baseline=args.baseline)
+    try:
+        report = render_report(rows, baseline=args.baseline)
+        if args.overview:
+            report = "### overview\n\n" + render_overview(rows) + "\n" + report
+        if args.plots:
+            for path in write_plots(rows, Path(args.plots), Path(args.bench) if args.bench else None):
+                print(f"wrote {path}", file=sys.stderr)
+    except ResultsFormatError as error:
+        raise SystemExit(f"error: {error}") from None
+    except OSError as error:
+        raise SystemExit(f"error: cannot write the figures to {args.plots} ({error.strerror})") from None
     if args.out:
         try:
             Path(args.out).write_text(report, encoding="utf-8")

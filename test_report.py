@@ -371,3 +371,88 @@ def test_both_record_versions_are_read_and_skipped_rows_are_marked(tmp_path: Pat
     assert lines[7] == (f"† {new}: malformed rows skipped: dev 2 (a subset of the data; not comparable with "
                         "the paper)")
 
+
+
+def _three_epochs(record: dict, scores: list[list[float]], report_name: str, metric: str) -> dict:
+    """Give each run of `record` three epochs with these dev scores (one list per run), stages 1, 2, 3."""
+    for run, per_epoch in zip(record["runs"], scores):
+        run["epochs"] = [{"epoch": e + 1, "stage": e + 1, "trainable_blocks": [], "train_loss": 0.5,
+                          "metrics": {report_name: {metric: value}}, "wall_seconds": 60.0}
+                         for e, value in enumerate(per_epoch)]
+        run["final"] = {report_name: {metric: per_epoch[-1]}}
+    return record
+
+
+def _overview_records(tmp_path: Path) -> list[Path]:
+    paths = []
+    for task, metric_values in (("rte", {"accuracy": 60.0}), ("mrpc", {"f1": 85.0, "accuracy": 78.0})):
+        for method, mode, reduction in (("full", "ft", 0.0), ("full", "pt", 0.156), ("lora", "pt", 0.2)):
+            finals = [{task: {m: v + seed for m, v in metric_values.items()}} for seed in (0, 2)]
+            record = make_results(task=task, mode=mode, method=method, finals=finals, reduction=reduction)
+            paths.append(write_results(tmp_path / f"{task}-{method}-{mode}", record))
+    return paths
+
+
+def test_overview_puts_tasks_in_columns_and_methods_in_rows(tmp_path: Path) -> None:
+    rows = [report.load_results(path)[0] for path in _overview_records(tmp_path)]
+    assert report.render_overview(rows).splitlines() == [
+        "| method | mode | mrpc F1 | rte acc | seeds | reduction |",
+        "| --- | --- | --- | --- | --- | --- |",
+        "| full | ft | 86.0 ± 1.4 | 61.0 ± 1.4 | 2 | — |",
+        "| full | pt | 86.0 ± 1.4 | 61.0 ± 1.4 | 2 | 15.6% |",
+        "| lora | pt | 86.0 ± 1.4 | 61.0 ± 1.4 | 2 | 20.0% |",
+    ]
+    twice = write_results(tmp_path / "rte-full-ft-lr5e-5", make_results(mode="ft", lr=5e-5))
+    with pytest.raises(report.ResultsFormatError, match=r"rte full ft has two records: .* \(lr 2e-05\) and .*lr5e-5"):
+        report.render_overview(rows + [report.load_results(twice)[0]])
+
+
+def test_epoch_curves_are_summarised_per_epoch(tmp_path: Path) -> None:
+    record = _three_epochs(make_results(finals=[{"rte": {"accuracy": 0.0}}] * 2), [[50, 55, 60], [52, 57, 62]],
+                           "rte", "accuracy")
+    row, _ = report.load_results(write_results(tmp_path, record))
+    assert [s.mean for s in row.epoch_scores["rte"]["accuracy"]] == [51.0, 56.0, 61.0]
+    assert row.stage_of_epoch == [1, 2, 3] and row.scores["rte"]["accuracy"].mean == 61.0
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR", f"{path} is not a PNG"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_plots_are_pngs_of_a_sensible_size(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="--plots needs matplotlib (requirements-dev.txt)")
+    paths = []
+    for mode, per_run in (("ft", [[80, 83, 85], [81, 84, 86]]), ("pt", [[80, 82, 84], [81, 83, 85]])):
+        for method in ("full", "bitfit"):
+            record = make_results(task="mrpc", mode=mode, method=method, finals=[{}, {}],
+                                  updated_params=6.8e7 if method == "full" else 8e4,
+                                  majority_baseline={"mrpc": {"f1": 81.2, "accuracy": 68.4}})
+            record = _three_epochs(record, per_run, "mrpc", "f1")
+            for run in record["runs"]:
+                for epoch in run["epochs"]:
+                    epoch["metrics"]["mrpc"]["accuracy"] = 70.0
+                run["final"]["mrpc"]["accuracy"] = 70.0
+            paths.append(write_results(tmp_path / "runs" / f"{method}-{mode}", record))
+    bench = {"settings": {"config": "minilm"}, "machine": {"cpu": "test CPU"}, "cases": [
+        {"section": "stages", "kind": "train", "impl": "ours", "precision": "fp32", "method": method, "mode": mode,
+         "stage": stage, "ratio_to_full_ft": ratio, "cost_ratio": cost}
+        for method in ("full", "lora")
+        for mode, stage, ratio, cost in (("ft", None, 1.0, 1.0), ("pt", 1, 1.02, 1.0), ("pt", 2, 0.8, 0.78))]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "figures"
+    report.main([str(tmp_path / "runs"), "--plots", str(out), "--bench", str(tmp_path / "bench.json")])
+    assert sorted(p.name for p in out.iterdir()) == ["bench.png", "curves-mrpc.png", "tradeoff.png"]
+    for png in out.iterdir():
+        width, height = _png_size(png)
+        assert 400 <= width <= 2400 and 250 <= height <= 1600, (png.name, width, height)
+        assert png.stat().st_size > 10_000  # drawn, not an empty canvas
+
+
+def test_plots_without_matplotlib_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    path = write_results(tmp_path, make_results())
+    with pytest.raises(SystemExit, match="--plots needs matplotlib, which is not installed; pip install -r "
+                                         "requirements-dev.txt"):
+        report.main([str(path), "--plots", str(tmp_path / "figures")])
