@@ -49,6 +49,7 @@ from safetensors.torch import save_file
 
 import data
 import distributed
+import export
 import glue_eval
 import sparse
 import squad_eval
@@ -155,6 +156,7 @@ class Settings:
     save_trained: bool = False
     keep_checkpoint: bool = True  # a finished seed's checkpoint (weights + AdamW moments: ~3x the model)
     dist_timeout: float = 30.0  # minutes a process waits for the others (torchrun) before it gives up
+    export: str | None = None  # write each finished seed in the Hugging Face layout here (export.py)
     count_only: bool = False
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
     preset_source: str = ""
@@ -254,6 +256,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     g.add_argument("--amp-dtype", default="auto", choices=("auto", "bf16", "fp16"),
                    help="autocast precision: auto = bf16 where the device supports it, else fp16 with a "
                         "GradScaler; fp16 forces loss scaling (CUDA only)")
+    g.add_argument("--export", metavar="DIR",
+                   help="at the end of each seed, write the model in the Hugging Face layout to DIR (DIR/seed-<k> "
+                        "with several seeds); see export.py")
     g.add_argument("--dist-timeout", type=float, default=30.0,
                    help="torchrun: minutes a process waits in a collective (for the others) before it stops "
                         "with an error, so a dead or hung process cannot leave the rest waiting forever")
@@ -316,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         mask_scope=args.mask_scope or "tensor", burn_in_steps=args.burn_in_steps,
         null_threshold=args.null_threshold, limit_train=args.limit_train, limit_eval=args.limit_eval,
         log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, save_trained=args.save_trained,
-        keep_checkpoint=args.keep_checkpoint, dist_timeout=args.dist_timeout,
+        keep_checkpoint=args.keep_checkpoint, dist_timeout=args.dist_timeout, export=args.export,
         count_only=args.count_only, interrupt_after_steps=args.interrupt_after_steps, preset_source=source)
     checks = [("--epochs", settings.epochs >= 1, settings.epochs, ">= 1"),
               ("--stages", settings.stages >= 1, settings.stages, ">= 1"),
@@ -342,6 +347,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     for flag, ok, value, expected in checks:
         if not ok:
             fail(f"{flag} must be {expected}, got {value}")
+    if settings.export and settings.method == "adapter":
+        fail("--export: an adapter run cannot be exported to the Hugging Face layout (a plain BERT/RoBERTa has "
+             "no adapter layers); leave --export out and use the checkpoint with this project")
     if settings.mode == "pt" and settings.schedule == "no-low" and settings.stages == 1:
         fail("--schedule no-low needs at least 2 stages: with one stage it would train no block at all")
     try:
@@ -1193,10 +1201,19 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
                       metadata={"progtuning": json.dumps(meta)})
             replace_durably(temp, path)
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
+    if settings.export and run["status"] == "complete" and world.main:
+        model.eval()
+        dest = export.export_model(model, settings.method, settings.model, settings.task,
+                                   export_dir(settings, seed), overwrite=True)  # main checked it beforehand
+        print(f"exported {dest} (Hugging Face layout)")
     if not settings.keep_checkpoint and run["status"] == "complete" and world.main:
         checkpoint_path.unlink(missing_ok=True)
         print(f"removed {checkpoint_path} (--no-keep-checkpoint; the seed is complete)")
     return run
+
+
+def export_dir(settings: Settings, seed: int) -> Path:
+    return Path(settings.export) / f"seed-{seed}" if len(settings.seeds) > 1 else Path(settings.export)
 
 
 def model_parts(model: Transformer) -> dict[str, list[str]]:
@@ -1460,6 +1477,12 @@ def main(argv: list[str] | None = None) -> dict:
             for stale in ("checkpoint.safetensors", "log.jsonl"):
                 (out / f"seed-{seed}" / stale).unlink(missing_ok=True)
 
+    if settings.export and not settings.overwrite:  # refuse now, not after hours of training
+        for seed in settings.seeds:
+            dest = export_dir(settings, seed)
+            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                raise SystemExit(f"error: --export: {dest} exists and is not empty; pass --overwrite to replace "
+                                 "it, or export to another folder")
     distributed.barrier()  # every process has read what exists before rank 0 writes anything
     torch.manual_seed(0)
     tokenizer = load_tokenizer(settings.model)

@@ -1,0 +1,177 @@
+"""A fine-tuned model in the Hugging Face folder layout, for tools that know nothing of this project.
+
+    python export.py RUN_DIR --to DIR [--seed K] [--overwrite]     (after the fact, from a run's folder)
+    python run.py ... --export DIR                                  (at the end of each seed)
+
+writes DIR/config.json (the base model's config plus the task's num_labels, id2label / label2id with the
+GLUE label names, problem_type, architectures), DIR/model.safetensors (the keys transformers'
+BertForSequenceClassification / RobertaForSequenceClassification / ...ForQuestionAnswering expect:
+`bert.` / `roberta.` before the encoder, the head's own names) and the base model's tokenizer files.
+Then, without this project:
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR)
+
+What each method exports: full, bitfit and the sparse methods (sam, random, magnitude) their weights as
+they are (dense); lora the weights with B·A merged in (merged for the export only, then taken out again);
+adapter nothing, since a plain BERT/RoBERTa has no place for adapter layers. The folder is written next to
+DIR under a temporary name and renamed into place, so a crash leaves no half folder; a DIR that exists and
+is not empty is replaced only with --overwrite.
+
+A run's final weights come from its seed's checkpoint.safetensors (kept by default) or, failing that, from
+trained.safetensors (--save-trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import data
+from model import TOKENIZER_FILES, Transformer, part_of, resolve_checkpoint
+from progtuning import LoRALinear
+
+ARCHITECTURES = {("bert", "classification"): "BertForSequenceClassification",
+                 ("roberta", "classification"): "RobertaForSequenceClassification",
+                 ("bert", "span"): "BertForQuestionAnswering",
+                 ("roberta", "span"): "RobertaForQuestionAnswering"}
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """The model's weights under transformers' names: `bert.`/`roberta.` before E, the blocks and BERT's
+    pooler; the head as it is. LoRA's A and B are left out (export merges them into the weights first)."""
+    prefix = model.config.model_type + "."
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if ".lora_A" in name or ".lora_B" in name:
+            continue
+        part, _ = part_of(name)
+        inside = part != "head" or name.startswith("pooler.")
+        # a copy: on the CPU .cpu() is the same storage, which the unmerge after the export would change back
+        state[(prefix if inside else "") + name] = tensor.detach().to("cpu", copy=True).contiguous()
+    return state
+
+
+def hf_config(model: Transformer, base: Path, task: str) -> dict:
+    """The base model's config.json with what a task model needs on top."""
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config["architectures"] = [ARCHITECTURES[(model.config.model_type, model.head)]]
+    if model.head == "classification":
+        spec = data.glue_task(task)
+        config["num_labels"] = spec.num_labels
+        names = spec.label_names or ("score",)
+        config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        config["label2id"] = {name: i for i, name in enumerate(names)}
+        config["problem_type"] = "regression" if spec.is_regression else "single_label_classification"
+    config["finetuned_by"] = "progtuning"
+    return config
+
+
+def export_model(model: Transformer, method: str, base_model: str, task: str, dest: Path,
+                 overwrite: bool = False) -> Path:
+    """Write `model` (trained with `method` from `base_model`, for `task`) as a Hugging Face folder."""
+    if method == "adapter":
+        raise ValueError("an adapter run cannot be exported to the Hugging Face layout: a plain BERT/RoBERTa "
+                         "has no adapter layers, so its weights would lose what was trained. Keep using "
+                         "run.py's checkpoint (or trained.safetensors) with this project")
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
+        raise FileExistsError(f"{dest} exists and is not empty; pass --overwrite to replace it, or export to "
+                              "another folder")
+    base = resolve_checkpoint(base_model)
+    loras = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for lora in loras:  # explicit merge for the export, undone below: the training model stays unmerged
+        lora.merge()
+    try:
+        state = hf_state_dict(model)
+    finally:
+        for lora in loras:
+            lora.unmerge()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
+    try:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(hf_config(model, base, task), indent=2) + "\n",
+                                             encoding="utf-8")
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copy(base / name, staging / name)
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer, object, int]:
+    """The fine-tuned model of one finished seed of a run folder, its settings and the seed."""
+    import run  # run.py imports this module; import it here, not at the top
+
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} does not exist; give the --output-dir of a run.py run")
+    record = run._read_json(results_path)
+    complete = [r["seed"] for r in record.get("runs", []) if r.get("status") == "complete"]
+    if seed is None:
+        if not complete:
+            raise ValueError(f"{results_path} has no finished seed to export")
+        seed = complete[0]
+    elif seed not in complete:
+        raise ValueError(f"{results_path}: seed {seed} is not finished (finished: {complete or 'none'})")
+    fields = run.Settings.__dataclass_fields__
+    settings = run.Settings(**{k: v for k, v in record["settings"].items() if k in fields})
+    settings.device, settings.compile, settings.random_init = "cpu", False, bool(settings.random_init)
+    model = run.build_model(settings)
+    seed_dir = run_dir / f"seed-{seed}"
+    checkpoint, trained = seed_dir / "checkpoint.safetensors", seed_dir / "trained.safetensors"
+    params = dict(model.named_parameters())
+    try:
+        if checkpoint.is_file():
+            weights = run.checkpoint_tensors(checkpoint, "model/")
+        elif trained.is_file() and settings.method in ("sam", "random", "magnitude"):
+            import sparse
+            return sparse.apply_trained(model, trained), settings, seed
+        elif trained.is_file():
+            weights = load_file(trained)
+        else:
+            raise FileNotFoundError(f"{seed_dir} has neither checkpoint.safetensors nor trained.safetensors, so "
+                                    "the trained weights are gone; rerun with --save-trained (or keep the "
+                                    "checkpoint)")
+    except SafetensorError as error:
+        raise ValueError(f"{seed_dir}: the weights file is not readable safetensors ({error})") from None
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise ValueError(f"{seed_dir}: weights {unknown[:3]} are not in the model the run describes")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    return model, settings, seed
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Export a run's fine-tuned model to the Hugging Face folder layout")
+    p.add_argument("run_dir", help="a run.py --output-dir (holding results.json and seed-<k>/)")
+    p.add_argument("--to", required=True, help="folder to write (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--seed", type=int, help="which seed (default: the first finished one)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --to folder")
+    args = p.parse_args(argv)
+    try:
+        model, settings, seed = load_run_model(Path(args.run_dir), args.seed)
+        dest = export_model(model, settings.method, settings.model, settings.task, Path(args.to), args.overwrite)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"wrote {dest} (seed {seed}, {settings.method}, {settings.task}); load it with transformers' "
+          f"{ARCHITECTURES[(model.config.model_type, model.head)]}.from_pretrained({str(dest)!r})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
