@@ -60,8 +60,10 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return state
 
 
-def hf_config(model: Transformer, base: Path, task: str) -> dict:
-    """The base model's config.json with what a task model needs on top."""
+def hf_config(model: Transformer, base: Path, settings) -> dict:
+    """The base model's config.json with what a task model needs on top, and under "progtuning" what
+    predict.py needs to read inputs as training did (task, max length)."""
+    task = settings.task
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     config["architectures"] = [ARCHITECTURES[(model.config.model_type, model.head)]]
     if model.head == "classification":
@@ -71,14 +73,15 @@ def hf_config(model: Transformer, base: Path, task: str) -> dict:
         config["id2label"] = {str(i): name for i, name in enumerate(names)}
         config["label2id"] = {name: i for i, name in enumerate(names)}
         config["problem_type"] = "regression" if spec.is_regression else "single_label_classification"
-    config["finetuned_by"] = "progtuning"
+    config["progtuning"] = {"task": task, "method": settings.method, "mode": settings.mode,
+                            "base_model": str(settings.model), "max_length": settings.max_length}
     return config
 
 
-def export_model(model: Transformer, method: str, base_model: str, task: str, dest: Path,
-                 overwrite: bool = False) -> Path:
-    """Write `model` (trained with `method` from `base_model`, for `task`) as a Hugging Face folder."""
-    if method == "adapter":
+def export_model(model: Transformer, settings, dest: Path, overwrite: bool = False) -> Path:
+    """Write `model`, trained as run.py's `settings` say (method, base model, task, max length), as a Hugging
+    Face folder."""
+    if settings.method == "adapter":
         raise ValueError("an adapter run cannot be exported to the Hugging Face layout: a plain BERT/RoBERTa "
                          "has no adapter layers, so its weights would lose what was trained. Keep using "
                          "run.py's checkpoint (or trained.safetensors) with this project")
@@ -86,7 +89,7 @@ def export_model(model: Transformer, method: str, base_model: str, task: str, de
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
         raise FileExistsError(f"{dest} exists and is not empty; pass --overwrite to replace it, or export to "
                               "another folder")
-    base = resolve_checkpoint(base_model)
+    base = resolve_checkpoint(settings.model)
     loras = [m for m in model.modules() if isinstance(m, LoRALinear)]
     for lora in loras:  # explicit merge for the export, undone below: the training model stays unmerged
         lora.merge()
@@ -99,7 +102,7 @@ def export_model(model: Transformer, method: str, base_model: str, task: str, de
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
     try:
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(hf_config(model, base, task), indent=2) + "\n",
+        (staging / "config.json").write_text(json.dumps(hf_config(model, base, settings), indent=2) + "\n",
                                              encoding="utf-8")
         for name in TOKENIZER_FILES:
             if (base / name).is_file():
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         model, settings, seed = load_run_model(Path(args.run_dir), args.seed)
-        dest = export_model(model, settings.method, settings.model, settings.task, Path(args.to), args.overwrite)
+        dest = export_model(model, settings, Path(args.to), args.overwrite)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"wrote {dest} (seed {seed}, {settings.method}, {settings.task}); load it with transformers' "

@@ -1203,8 +1203,7 @@ def train_one_seed(settings: Settings, seed: int, task_data: TaskData, tokenizer
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
     if settings.export and run["status"] == "complete" and world.main:
         model.eval()
-        dest = export.export_model(model, settings.method, settings.model, settings.task,
-                                   export_dir(settings, seed), overwrite=True)  # main checked it beforehand
+        dest = export.export_model(model, settings, export_dir(settings, seed), overwrite=True)  # checked in main
         print(f"exported {dest} (Hugging Face layout)")
     if not settings.keep_checkpoint and run["status"] == "complete" and world.main:
         checkpoint_path.unlink(missing_ok=True)
@@ -1366,10 +1365,12 @@ def _duration(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(settings: Settings, model: Transformer, encoded: data.Encoded, pad_token_id: int):
-    """Model outputs for every row of `encoded`, in row order (length-sorted batches, put back in place)."""
+def predict(settings: Settings, model: Transformer, encoded: data.Encoded, pad_token_id: int, on_batch=None):
+    """Model outputs for every row of `encoded`, in row order (length-sorted batches, put back in place).
+    on_batch(rows done, rows): called after each batch (predict.py's progress)."""
     model.eval()
     outputs: list = [None] * len(encoded)
+    done = 0
     for batch in data.batches(encoded, settings.eval_batch_size, pad_token_id, data.length_sorted_order(encoded)):
         with autocast(settings):
             output = model(batch["input_ids"].to(settings.device), batch["attention_mask"].to(settings.device),
@@ -1381,6 +1382,9 @@ def predict(settings: Settings, model: Transformer, encoded: data.Encoded, pad_t
                                 output[1][i, :lengths[i]].float().cpu().numpy())
             else:
                 outputs[row] = output[i].float().cpu().numpy()
+        done += len(lengths)
+        if on_batch is not None:
+            on_batch(done, len(encoded))
     model.train()
     return outputs
 

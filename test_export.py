@@ -73,7 +73,7 @@ def test_transformers_loads_the_export_with_our_logits(tmp_path, minilm_dir, glu
         loras = [m for m in model.modules() if isinstance(m, LoRALinear)]
         assert loras and not any(m.merged for m in loras)
         assert any(m.lora_B.abs().sum() > 0 for m in loras)  # B·A really is in the exported weights
-        export.export_model(model, "lora", settings.model, task, tmp_path / "again")
+        export.export_model(model, settings, tmp_path / "again")
         # unmerge subtracts B·A again: the weights come back up to float rounding
         torch.testing.assert_close(our_logits(model, minilm_dir, texts_a, texts_b), ours, atol=1e-6, rtol=0)
 
@@ -81,7 +81,7 @@ def test_transformers_loads_the_export_with_our_logits(tmp_path, minilm_dir, glu
 def test_a_span_head_loads_as_question_answering(tmp_path, minilm_dir):
     torch.manual_seed(0)
     model = M.from_pretrained(minilm_dir, head="span")
-    export.export_model(model, "full", str(minilm_dir), "squad", tmp_path / "qa")
+    export.export_model(model, run.parse_args(["--task", "squad", "--model", str(minilm_dir)]), tmp_path / "qa")
     question, context = ["Who sat on the mat?"], ["The cat sat on the mat."]
     ours_start, ours_end = our_logits(model, minilm_dir, question, context)
     output, _ = their_logits(tmp_path / "qa", question, context, question_answering=True)
@@ -94,18 +94,48 @@ def test_adapters_are_refused_and_a_folder_is_not_overwritten(tmp_path, minilm_d
         run.parse_args(["--task", "rte", "--method", "adapter", "--export", str(tmp_path / "hf")])
     assert "an adapter run cannot be exported" in capsys.readouterr().err
     model = M.from_pretrained(minilm_dir, head="classification", num_labels=2)
+
+    def settings(method):
+        return run.Settings(task="rte", method=method, model=str(minilm_dir))
     with pytest.raises(ValueError, match="a plain BERT/RoBERTa has no adapter layers"):
-        export.export_model(model, "adapter", str(minilm_dir), "rte", tmp_path / "hf")
+        export.export_model(model, settings("adapter"), tmp_path / "hf")
 
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="exists and is not empty; pass --overwrite"):
-        export.export_model(model, "full", str(minilm_dir), "rte", taken)
+        export.export_model(model, settings("full"), taken)
     assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
     with pytest.raises(SystemExit, match="--export: .*taken exists and is not empty"):
         train(minilm_dir, glue_dir, tmp_path / "run", "rte", "--export", taken)
     assert not (tmp_path / "run" / "results.json").exists()  # refused before training, not after
-    export.export_model(model, "full", str(minilm_dir), "rte", taken, overwrite=True)
+    export.export_model(model, settings("full"), taken, overwrite=True)
     assert "notes.txt" not in {p.name for p in taken.iterdir()} and (taken / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_predict_reproduces_the_runs_dev_predictions(tmp_path, minilm_dir, glue_dir, capsys):
+    """From the export and from the run folder, on RTE's real dev file (the run scored its first 8 rows)."""
+    import predict
+
+    train(minilm_dir, glue_dir, tmp_path / "run", "rte", "--export", tmp_path / "hf")
+    written = (tmp_path / "run" / "seed-1" / "predictions-rte.tsv").read_text().splitlines()
+    lines = (glue_dir / "RTE" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "dev8.tsv").write_text("\n".join(lines[:9]) + "\n", encoding="utf-8")
+    for source in (tmp_path / "hf", tmp_path / "run"):
+        predict.main(["--model", str(source), "--task", "rte", "--input", str(tmp_path / "dev8.tsv"),
+                      "--output", str(tmp_path / "out.tsv")])
+        rows = [line.split("\t") for line in (tmp_path / "out.tsv").read_text().splitlines()]
+        assert rows[0] == ["index", "prediction", "p(entailment)", "p(not_entailment)"]
+        assert ["\t".join(row[:2]) for row in rows] == written
+        assert all(abs(float(row[2]) + float(row[3]) - 1) < 1e-5 for row in rows[1:])
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"sentence1": "A man sleeps.", "sentence2": "Someone rests."}) + "\n"
+                     + '{"text_a": "only one side"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"pairs.jsonl:2: expected an object with 'text_a' and 'text_b'"):
+        predict.main(["--model", str(tmp_path / "hf"), "--task", "rte", "--input", str(pairs)])
+    plain = tmp_path / "pairs.tsv"
+    plain.write_text("A man sleeps.\tSomeone rests.\nno tab here\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"pairs.tsv:2: expected 2 tab-separated field\(s\), found 1"):
+        predict.main(["--model", str(tmp_path / "hf"), "--task", "rte", "--input", str(plain)])
