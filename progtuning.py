@@ -79,6 +79,28 @@ def plan_stages(num_blocks: int, num_stages: int, mode: str, schedule: str = "sh
     return [stage_blocks(t, parts, schedule) for t in range(1, num_stages + 1)]
 
 
+def parse_blocks(spec: str, num_blocks: int | None = None) -> list[int]:
+    """A fixed set of blocks to train (run.py --train-blocks; the paper's Figure 1 trains E, one block and
+    H): '3', '1-2', '5,6', '1-2,5', numbered from 1 as the paper does, or 'none' for E and H alone.
+    Returns sorted 0-based indices; ValueError says what is wrong (num_blocks None: syntax only)."""
+    text = spec.strip().lower()
+    if text == "none":
+        return []
+    blocks: set[int] = set()
+    for item in text.split(","):
+        low, dash, high = item.strip().partition("-")
+        if not (low.isdigit() and (not dash or high.isdigit())):
+            raise ValueError(f"{spec!r} is not a block list; expected numbers from 1, ranges and commas such as "
+                             "'3', '1-2', '5,6', or 'none' (embeddings and head only)")
+        first, last = int(low), int(high) if dash else int(low)
+        if first < 1 or last < first:
+            raise ValueError(f"{spec!r}: {item.strip()!r} is not a range of blocks numbered from 1")
+        if num_blocks is not None and last > num_blocks:
+            raise ValueError(f"{spec!r}: the model has blocks 1-{num_blocks}, so block {last} does not exist")
+        blocks.update(range(first - 1, last))
+    return sorted(blocks)
+
+
 def stage_of_step(step: int, total_steps: int, num_stages: int) -> int:
     """The 1-based stage of a 0-based optimizer step when T stages split the steps evenly.
 

@@ -14,8 +14,9 @@ Each PATH is a results.json file or a folder searched recursively for results.js
 that are not complete are left out, and files with no complete run are skipped; both are noted on stderr.
 --overview adds one compact table (method x mode rows, a column per task, as the papers lay out theirs).
 --plots DIR writes tradeoff.png (score against updated parameters, FT -> PT arrows), curves-<task>.png (dev
-score per epoch, FT against PT, stage switches marked) and, with --bench FILE (bench.py --json-out),
-bench.png (step time per stage against the cost model); matplotlib is needed only for --plots.
+score per epoch, FT against PT, stage switches marked), probe-<task>.png for runs made with --train-blocks
+(the paper's Figure 1: score against the one block that trains) and, with --bench FILE (bench.py
+--json-out), bench.png (step time per stage against the cost model); matplotlib is needed only for --plots.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class ResultRow:
     # report name -> metric -> one summary per epoch over the complete runs (dev scores after each epoch)
     epoch_scores: dict[str, dict[str, list[MetricSummary]]] = field(default_factory=dict)
     stage_of_epoch: list[int] = field(default_factory=list)  # the stage each epoch ended in
+    train_blocks: str | None = None  # run.py --train-blocks (the block probe), else None
 
 
 def _is_number(value: Any) -> bool:
@@ -183,7 +185,10 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
     skipped = record.get("skipped_rows") or {}
     if any(skipped.values()):
         limits.append("malformed rows skipped: " + ", ".join(f"{split} {n}" for split, n in skipped.items() if n))
-    variant = ", ".join(label for key, label in VARIANT_LABELS.items() if settings.get(key) is True) or None
+    labels = [label for key, label in VARIANT_LABELS.items() if settings.get(key) is True]
+    if settings.get("train_blocks") is not None:  # run.py --train-blocks: a fixed set, not a schedule
+        labels.insert(0, f"blocks {settings['train_blocks']}")
+    variant = ", ".join(labels) or None
 
     updated_params = _require(record, "updated_params", path, "", "a number",
                               "parameter updates summed over epochs")
@@ -267,7 +272,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
         scores=scores, majority_baseline=majority_baseline, updated_params=float(updated_params),
         reduction=float(reduction), wall_minutes=float(np.mean(wall_seconds)) / 60.0,
         runs_used=len(complete_runs), subset=", ".join(limits) or None, variant=variant,
-        epoch_scores=epoch_scores, stage_of_epoch=stage_of_epoch,
+        epoch_scores=epoch_scores, stage_of_epoch=stage_of_epoch, train_blocks=settings.get("train_blocks"),
     ), notes
 
 
@@ -393,7 +398,7 @@ def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
         if row.subset is not None:
             method += SUBSET_MARK
             footnotes.append(f"{SUBSET_MARK} {row.path}: {row.subset}")
-        reduction = DASH if row.mode == "ft" else f"{100.0 * row.reduction:.1f}%"
+        reduction = DASH if row.mode == "ft" and row.train_blocks is None else f"{100.0 * row.reduction:.1f}%"
         lines.append(_markdown_row(
             [row.task, method, row.mode, row.schedule, f"{row.lr:g}"] + scores
             + [str(row.runs_used), _params_cell(row.updated_params), reduction, f"{row.wall_minutes:.1f}"]
@@ -618,11 +623,56 @@ def plot_bench(bench_path: Path, path: Path) -> Path:
     return path
 
 
+def _other_options(row: ResultRow) -> str | None:
+    """The row's variant without its --train-blocks label: what must match for rows to be compared."""
+    labels = [label for label in (row.variant or "").split(", ") if label and not label.startswith("blocks ")]
+    return ", ".join(labels) or None
+
+
+def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
+    """The paper's Figure 1: dev score when E, one block and H train (run.py --train-blocks k), against the
+    block's height, mean ± std over seeds; dashed lines for every block (FT), E + H alone (--train-blocks
+    none) and Progtuning (PT, shrink) with the same method and options."""
+    plt = _pyplot()
+    probe = [r for r in rows if r.task == task and r.train_blocks is not None]
+    groups = sorted({(r.method, _other_options(r)) for r in probe}, key=lambda g: (METHOD_ORDER.index(g[0]), g[1] or ""))
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 4.4), squeeze=False)
+    for ax, (method, options) in zip(axes[0], groups):
+        mine = [r for r in rows if r.task == task and r.method == method and _other_options(r) == options]
+        singles = sorted((int(r.train_blocks), r) for r in mine if r.train_blocks and r.train_blocks.isdigit())
+        report_name, metric, _ = _main_score(probe[0])
+        if singles:
+            ax.errorbar([b for b, _ in singles], [_main_score(r)[2].mean for _, r in singles],
+                        yerr=[_main_score(r)[2].std or 0.0 for _, r in singles], fmt="o-", color="tab:blue",
+                        capsize=3, label="E + block k + H")
+            ax.set_xticks([b for b, _ in singles])
+        references = [("every block (FT)", "tab:green", [r for r in mine if r.train_blocks is None and r.mode == "ft"]),
+                      ("Progtuning (PT)", "tab:orange", [r for r in mine if r.mode == "pt" and r.schedule == "shrink"]),
+                      ("E + H only", "tab:red", [r for r in mine if r.train_blocks == "none"])]
+        for label, color, found in references:
+            if len(found) == 1:
+                score = _main_score(found[0])[2]
+                ax.axhline(score.mean, color=color, linestyle="--", linewidth=1.2,
+                           label=f"{label}: {score.mean:.1f}" + (f" ± {score.std:.1f}" if score.std else ""))
+        ax.set_xlabel("the one block that trains (k, from the bottom)")
+        ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]} (mean ± std over seeds)")
+        ax.set_title(f"{task}: {method}" + (f" [{options}]" if options else ""))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(rows: list[ResultRow], folder: Path, bench_path: Path | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    written = [plot_tradeoff(rows, folder / "tradeoff.png")]
-    for task in sorted({row.task for row in rows}):
-        written.append(plot_curves(rows, task, folder / f"curves-{task}.png"))
+    scheduled = [row for row in rows if row.train_blocks is None]  # probe rows have a figure of their own
+    written = [plot_tradeoff(scheduled, folder / "tradeoff.png")] if scheduled else []
+    for task in sorted({row.task for row in scheduled}):
+        written.append(plot_curves(scheduled, task, folder / f"curves-{task}.png"))
+    for task in sorted({row.task for row in rows if row.train_blocks is not None}):
+        written.append(plot_probe(rows, task, folder / f"probe-{task}.png"))
     if bench_path is not None:
         written.append(plot_bench(bench_path, folder / "bench.png"))
     return written

@@ -56,7 +56,8 @@ import squad_eval
 from model import (Transformer, from_pretrained, load_config, load_tokenizer, part_of, replace_durably,
                    resolve_checkpoint, weight_files)
 from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, ParameterCounts, add_method, apply_stage,
-                        count_parameters, plan_stages, stage_diagram, stage_of_step, trainable_names)
+                        count_parameters, parse_blocks, plan_stages, stage_diagram, stage_of_step,
+                        trainable_names)
 from sparse import SPARSE_METHODS
 
 GLUE_TASK_NAMES = tuple(data.GLUE_TASKS)
@@ -157,6 +158,7 @@ class Settings:
     keep_checkpoint: bool = True  # a finished seed's checkpoint (weights + AdamW moments: ~3x the model)
     dist_timeout: float = 30.0  # minutes a process waits for the others (torchrun) before it gives up
     export: str | None = None  # write each finished seed in the Hugging Face layout here (export.py)
+    train_blocks: str | None = None  # a fixed set of blocks instead of a schedule (progtuning.parse_blocks)
     count_only: bool = False
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps
     preset_source: str = ""
@@ -174,7 +176,8 @@ class Settings:
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
                 "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
-                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps", "random_init", "limit_eval")
+                "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps", "random_init", "limit_eval",
+                "train_blocks")
         return {k: getattr(self, k) for k in keys}
 
     def differences(self, recorded: dict) -> dict:
@@ -190,7 +193,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("what to run")
     g.add_argument("--task", required=True, choices=TASKS, help="GLUE task (WNLI is excluded) or squad / squad_v2")
-    g.add_argument("--mode", default="pt", choices=MODES, help="ft: every block every epoch; pt: Progtuning")
+    g.add_argument("--mode", choices=MODES,
+                   help="ft: every block every epoch; pt: Progtuning (default pt; ft with --train-blocks)")
+    g.add_argument("--train-blocks", metavar="SPEC",
+                   help="train E, exactly these blocks (numbered from 1: 3, 1-2, 5,6; or none) and H in every "
+                        "epoch, instead of a schedule (the paper's Figure 1 probe)")
     g.add_argument("--method", default="full", choices=METHODS, help="what trains inside the blocks")
     g.add_argument("--schedule", default="shrink", choices=SCHEDULES,
                    help="pt only: shrink (Progtuning), no-low or grow (the paper's ablations)")
@@ -269,6 +276,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     def fail(message: str):
         p.error(message)  # exits with status 2 and the usage line
 
+    if args.train_blocks is not None:
+        if args.mode == "pt":
+            fail("--train-blocks fixes which blocks train in every epoch, which replaces Progtuning's schedule; "
+                 "leave out --mode pt (it then runs as ft)")
+        try:
+            parse_blocks(args.train_blocks)
+        except ValueError as error:
+            fail(f"--train-blocks {error}")
+    args.mode = args.mode or ("ft" if args.train_blocks is not None else "pt")
     if args.mode == "ft" and args.schedule != "shrink":
         fail(f"--schedule {args.schedule} applies to --mode pt only; plain fine-tuning trains every block")
     for flag, methods in (("adapter_size", ("adapter",)), ("lora_r", ("lora",)), ("lora_alpha", ("lora",)),
@@ -301,7 +317,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         fail(f"--amp-dtype {args.amp_dtype} applies with --amp (autocast), which is off for this run")
     if args.amp_dtype == "fp16" and not device.startswith("cuda"):
         fail("--amp-dtype fp16 needs CUDA (loss scaling with torch.amp.GradScaler); on CPU use bf16")
-    name = f"{args.task}-{args.mode}-{args.method}" + (f"-{args.schedule}" if args.schedule != "shrink" else "")
+    name = f"{args.task}-{args.mode}-{args.method}" + (f"-{args.schedule}" if args.schedule != "shrink" else "") + (
+        f"-blocks-{args.train_blocks.replace(',', '_')}" if args.train_blocks is not None else "")
     settings = Settings(
         task=args.task, mode=args.mode, method=args.method, schedule=args.schedule, model=args.model,
         data_dir=args.data_dir, train_file=args.train_file, dev_file=args.dev_file, epochs=epochs,
@@ -322,6 +339,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         null_threshold=args.null_threshold, limit_train=args.limit_train, limit_eval=args.limit_eval,
         log_every=args.log_every, resume=args.resume, overwrite=args.overwrite, save_trained=args.save_trained,
         keep_checkpoint=args.keep_checkpoint, dist_timeout=args.dist_timeout, export=args.export,
+        train_blocks=args.train_blocks,
         count_only=args.count_only, interrupt_after_steps=args.interrupt_after_steps, preset_source=source)
     checks = [("--epochs", settings.epochs >= 1, settings.epochs, ">= 1"),
               ("--stages", settings.stages >= 1, settings.stages, ">= 1"),
@@ -400,6 +418,12 @@ class _SkipInit(torch.overrides.TorchFunctionMode):
 
 
 def plan(settings: Settings, model: Transformer) -> list[list[int]]:
+    """Trainable blocks per stage: the schedule's, or --train-blocks' fixed set in every stage."""
+    if settings.train_blocks is not None:
+        try:
+            return [parse_blocks(settings.train_blocks, len(model.blocks))] * settings.stages
+        except ValueError as error:
+            raise SystemExit(f"error: --train-blocks {error}") from None
     return plan_stages(len(model.blocks), settings.stages, settings.mode, settings.schedule)
 
 
@@ -429,7 +453,8 @@ def counts_table(counts, stages: list[list[int]], settings: Settings, steps_per_
         lines.append(f"{epoch:>5}  {label:<9} {updated:>16,.0f} {baseline_per_epoch:>16,}")
     lines.append(f"{'total':>5}  {'':<9} {counts.updated_params:>16,.0f} {counts.baseline_updated_params:>16,}")
     lines.append(f"total params {counts.total_params:,}; ever trainable {counts.trainable_params:,}; "
-                 f"updated params {100 * counts.reduction:.1f}% fewer than the same method without Progtuning")
+                 f"updated params {100 * counts.reduction:.1f}% fewer than the same method "
+                 + ("training every block" if settings.train_blocks is not None else "without Progtuning"))
     return "\n".join(lines)
 
 

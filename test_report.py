@@ -3,6 +3,7 @@ mean ± sample-std arithmetic, which runs count, format errors that name the fil
 recursion, and the command line."""
 
 import copy
+import importlib.util
 import json
 import math
 import subprocess
@@ -456,3 +457,22 @@ def test_plots_without_matplotlib_is_one_line(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(SystemExit, match="--plots needs matplotlib, which is not installed; pip install -r "
                                          "requirements-dev.txt"):
         report.main([str(path), "--plots", str(tmp_path / "figures")])
+
+
+def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> None:
+    paths = []
+    for name, mode, blocks, score, reduction in (("ft", "ft", None, 84.0, 0.0), ("pt", "pt", None, 83.5, 0.156),
+                                                 ("none", "ft", "none", 81.0, 0.47), ("b1", "ft", "1", 81.5, 0.39),
+                                                 ("b2", "ft", "2", 82.0, 0.39), ("b3", "ft", "3", 83.0, 0.39)):
+        record = make_results(task="mrpc", mode=mode, reduction=reduction, train_blocks=blocks,
+                              finals=[{"mrpc": {"f1": score + d, "accuracy": 70.0}} for d in (-0.5, 0.5)])
+        paths.append(write_results(tmp_path / "runs" / name, record))
+    rows = [report.load_results(path)[0] for path in paths]
+    table = report.render_report(rows)
+    assert "| mrpc | full [blocks 2] | ft | — | 2e-05 | 82.0 ± 0.7 | 70.0 ± 0.0 | 2 | 68.0M | 39.0% | 3.0 |" in table
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("--plots needs matplotlib (requirements-dev.txt)")
+    written = report.write_plots(rows, tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["curves-mrpc.png", "probe-mrpc.png", "tradeoff.png"]
+    width, height = _png_size(tmp_path / "figures" / "probe-mrpc.png")
+    assert 400 <= width <= 2400 and 250 <= height <= 1600

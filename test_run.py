@@ -678,3 +678,56 @@ def test_resume_with_save_trained_writes_a_finished_seeds_weights(tmp_path, tiny
     with pytest.raises(SystemExit, match=r"--save-trained: seed\(s\) 1 finished earlier and their checkpoint was "
                                          r"removed"):
         run.main(run_args(tiny_dir, gone, *short, "--resume", "--save-trained", glue_dir=glue_dir))
+
+
+# ------------------------------------------------------------------------------------------ --train-blocks
+
+def test_train_blocks_counts_equal_a_hand_count(tmp_path, tiny_dir):
+    # TINY_CONFIG: E = word 30522x32 + positions 512x32 + types 2x32 + LayerNorm 2x32; a block = q, k, v, o
+    # (32x32 + 32 each) + LayerNorm + 32->64 + 64->32 + LayerNorm; H = pooler 32x32 + 32, classifier 32x2 + 2
+    embeddings = 30522 * 32 + 512 * 32 + 2 * 32 + 2 * 32
+    block = 4 * (32 * 32 + 32) + 2 * 32 + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 32
+    head = (32 * 32 + 32) + (32 * 2 + 2)
+    total = embeddings + 4 * block + head
+    for spec, blocks in (("2", 1), ("2-3", 2), ("1,4", 2), ("none", 0)):
+        record = run.main(["--task", "rte", "--model", str(tiny_dir), "--train-blocks", spec, "--count-only",
+                           "--output-dir", str(tmp_path / spec)])
+        trainable = embeddings + blocks * block + head
+        assert record["settings"]["mode"] == "ft" and record["total_params"] == total
+        assert record["trainable_params_per_stage"] == [trainable] * 3 and record["updated_params"] == 3 * trainable
+        assert record["reduction"] == pytest.approx(1 - trainable / total)
+    assert record["stages"] == [[], [], []]
+    assert results_of(tmp_path / "1,4")["stages"] == [[1, 4]] * 3
+
+
+def test_train_blocks_moves_only_the_named_block(tmp_path, tiny_dir, glue_dir):
+    import export
+    run.main(run_args(tiny_dir, tmp_path / "run", "--train-blocks", 2, "--epochs", 2, "--limit-train", 8,
+                      "--limit-eval", 4, "--batch-size", 4, "--lr", 1e-3, glue_dir=glue_dir))
+    trained, _, _ = export.load_run_model(tmp_path / "run")
+    pretrained = load_file(tiny_dir / "model.safetensors")
+    for name, param in trained.named_parameters():
+        if name.startswith("encoder.layer."):
+            same = torch.equal(param, pretrained[name])
+            assert same != name.startswith("encoder.layer.1."), name  # block 2 is encoder.layer.1
+    record = results_of(tmp_path / "run")
+    assert [e["trainable_blocks"] for e in record["runs"][0]["epochs"]] == [[2], [2]]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--train-blocks", "0"], "'0' is not a range of blocks numbered from 1"),
+    (["--train-blocks", ""], "is not a block list"),
+    (["--train-blocks", "two"], "is not a block list"),
+    (["--train-blocks", "3-1"], "'3-1' is not a range of blocks numbered from 1"),
+    (["--train-blocks", "2", "--mode", "pt"], "replaces Progtuning's schedule"),
+])
+def test_bad_train_blocks_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.parse_args(["--task", "rte", *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_block_beyond_the_model_is_one_line(tmp_path, tiny_dir, capsys):
+    code, line = cli_error(["--task", "rte", "--model", tiny_dir, "--train-blocks", "2,5", "--count-only",
+                            "--output-dir", tmp_path / "x"], capsys)
+    assert line == "error: --train-blocks '2,5': the model has blocks 1-4, so block 5 does not exist"
