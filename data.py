@@ -19,8 +19,8 @@ DEFAULT_MRPC_BASE_URL), e.g. with a mirror.
 Downloads (GLUE and SQuAD alike): PROGTUNING_OFFLINE=1 or HF_HUB_OFFLINE=1 stops them (model.offline_variable,
 the rule the model download follows too). A missing task is downloaded into the default folder, created
 for it, or into a folder the user named (data_dir or the environment variable) only when that folder
-exists: a mistyped path is an error, never a new tree of folders. Nothing is created until a download
-has succeeded.
+exists: a mistyped path is an error, never a new tree of folders. A failed download leaves nothing behind
+(not even the default folder it created).
 
 SQuAD v1.1 / v2.0 (Rajpurkar et al. 2016, 2018), in the official JSON layout, is at the end of the file:
 

@@ -488,6 +488,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path, bottom: float = 0.0) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _main_score(row: ResultRow) -> tuple[str, str, MetricSummary]:
     report_name = next(iter(row.scores))
     metric = SHOWN_METRICS[report_name][0]
@@ -540,10 +548,7 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
     handles += [plt.Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="", label="FT"),
                 plt.Line2D([], [], color="grey", marker="s", linestyle="", label="PT (arrow: FT → PT)")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 5), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, bottom=0.06 * (1 + (len(handles) - 1) // 5))  # room for the legend below
 
 
 def plot_curves(rows: list[ResultRow], task: str, path: Path) -> Path:
@@ -577,10 +582,7 @@ def plot_curves(rows: list[ResultRow], task: str, path: Path) -> Path:
         ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_bench(bench_path: Path, path: Path) -> Path:
@@ -617,10 +619,7 @@ def plot_bench(bench_path: Path, path: Path) -> Path:
     machine = bench.get("machine", {})
     fig.suptitle(f"bench.py: {bench.get('settings', {}).get('config') or 'model'}, "
                  f"{machine.get('cpu') or machine.get('device') or ''}".rstrip(", "), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _other_options(row: ResultRow) -> str | None:
@@ -659,10 +658,7 @@ def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
         ax.set_title(f"{task}: {method}" + (f" [{options}]" if options else ""))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_plots(rows: list[ResultRow], folder: Path, bench_path: Path | None = None) -> list[Path]:
