@@ -616,9 +616,12 @@ def plot_bench(bench_path: Path, path: Path) -> Path:
     for row in axes:
         row[0].set_ylabel("step time / full FT's")
     axes[0][0].legend(fontsize=8)
-    machine = bench.get("machine", {})
-    fig.suptitle(f"bench.py: {bench.get('settings', {}).get('config') or 'model'}, "
-                 f"{machine.get('cpu') or machine.get('device') or ''}".rstrip(", "), fontsize=10)
+    machine, settings = bench.get("machine", {}), bench.get("settings", {})
+    model = settings.get("config") or model_label(str(settings.get("model", "")))
+    fig.suptitle(f"bench.py: {model}, batch {settings.get('batch_size')} x {settings.get('seq_len')}, "
+                 f"{machine.get('dtype', '')}, {machine.get('threads')} thread(s), "
+                 f"{machine.get('cpu_model') if machine.get('device') == 'cpu' else machine.get('gpu', '')}",
+                 fontsize=10)
     return _save(fig, path)
 
 
