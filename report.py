@@ -656,6 +656,10 @@ def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
                 score = _main_score(found[0])[2]
                 ax.axhline(score.mean, color=color, linestyle="--", linewidth=1.2,
                            label=f"{label}: {score.mean:.1f}" + (f" ± {score.std:.1f}" if score.std else ""))
+        baseline = (probe[0].majority_baseline or {}).get(report_name, {}).get(metric)
+        if _is_number(baseline) and not math.isnan(baseline):
+            ax.axhline(baseline, color="grey", linestyle=":", linewidth=1,
+                       label=f"{BASELINE_LABELS.get(task, 'majority class')}: {baseline:.1f}")
         ax.set_xlabel("the one block that trains (k, from the bottom)")
         ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]} (mean ± std over seeds)")
         ax.set_title(f"{task}: {method}" + (f" [{options}]" if options else ""))
