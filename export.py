@@ -130,8 +130,7 @@ def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer,
         seed = complete[0]
     elif seed not in complete:
         raise ValueError(f"{results_path}: seed {seed} is not finished (finished: {complete or 'none'})")
-    fields = run.Settings.__dataclass_fields__
-    settings = run.Settings(**{k: v for k, v in record["settings"].items() if k in fields})
+    settings = run.Settings.from_record(record["settings"])
     settings.device, settings.compile, settings.random_init = "cpu", False, bool(settings.random_init)
     model = run.build_model(settings)
     seed_dir = run_dir / f"seed-{seed}"

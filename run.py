@@ -171,6 +171,12 @@ class Settings:
         return MethodOptions(adapter_size=self.adapter_size, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
                              lora_dropout=self.lora_dropout)
 
+    @classmethod
+    def from_record(cls, recorded: dict) -> "Settings":
+        """The settings a results.json or trained file recorded; keys a newer or older run.py wrote but this
+        one does not know are left out, and fields the record predates take their defaults."""
+        return cls(**{k: v for k, v in recorded.items() if k in cls.__dataclass_fields__})
+
     def run_defining(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",

@@ -295,7 +295,7 @@ def rebuild(trained: Path, base: str | Path | None = None) -> Transformer:
     from run import head_for, Settings
 
     meta = trained_meta(trained)
-    settings = Settings(**{k: v for k, v in meta["settings"].items() if k in Settings.__dataclass_fields__})
+    settings = Settings.from_record(meta["settings"])
     head, num_labels = head_for(settings)
     model = from_pretrained(base or settings.model, head=head, num_labels=num_labels)
     progtuning.add_method(model, settings.method, settings.method_options())
