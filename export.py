@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import data
+import records
 from model import TOKENIZER_FILES, Transformer, part_of, resolve_checkpoint
 from progtuning import LoRALinear
 
@@ -122,7 +123,7 @@ def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer,
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path} does not exist; give the --output-dir of a run.py run")
-    record = run._read_json(results_path)
+    record = records.read_json(results_path)
     complete = [r["seed"] for r in record.get("runs", []) if r.get("status") == "complete"]
     if seed is None:
         if not complete:
@@ -138,7 +139,7 @@ def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer,
     params = dict(model.named_parameters())
     try:
         if checkpoint.is_file():
-            weights = run.checkpoint_tensors(checkpoint, "model/")
+            weights = records.checkpoint_tensors(checkpoint, "model/")
         elif trained.is_file() and settings.method in ("sam", "random", "magnitude"):
             import sparse
             return sparse.apply_trained(model, trained), settings, seed

@@ -11,7 +11,7 @@ Reading order:
   load_task_data                     tokenize once per run (GLUE pairs, SQuAD windows)
   train_one_seed                     the single training loop: stage -> lr -> forward -> backward -> step
   evaluate_glue, evaluate_squad      dev-set metrics, predictions files
-  save_checkpoint, load_checkpoint   one safetensors file per seed, written atomically
+  (records.py)                       results.json, log.jsonl, one safetensors checkpoint per seed
   main                               seeds, results.json, mean ± std
 
 Layout of a run (default --output-dir runs/<task>-<mode>-<method>[-<schedule>]):
@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import data
@@ -55,6 +54,9 @@ import sparse
 import squad_eval
 from model import (Transformer, from_pretrained, load_config, load_tokenizer, part_of, replace_durably,
                    resolve_checkpoint, weight_files)
+from records import (COUNT_KIND, FORMAT_VERSION, RESULTS_KIND, append_log, block_numbers, checkpoint_meta,
+                     checkpoint_tensors, load_checkpoint, read_json, restore_rng, save_checkpoint,
+                     summarize, upgrade_run, write_json_atomic, write_text_atomic)
 from progtuning import (METHODS, MODES, SCHEDULES, MethodOptions, ParameterCounts, add_method, apply_stage,
                         count_parameters, parse_blocks, plan_stages, stage_diagram, stage_of_step,
                         trainable_names)
@@ -63,11 +65,6 @@ from sparse import SPARSE_METHODS
 GLUE_TASK_NAMES = tuple(data.GLUE_TASKS)
 SQUAD_TASK_NAMES = ("squad", "squad_v2")
 TASKS = GLUE_TASK_NAMES + SQUAD_TASK_NAMES
-RESULTS_KIND = "progtuning-results"
-COUNT_KIND = "progtuning-count"
-# 2: block numbers in records (stages, trainable_blocks) count from 1, as every printed line and the paper do;
-# version 1 counted them from 0. A --resume upgrades a version-1 record and checkpoint as it reads them.
-FORMAT_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,7 +501,7 @@ def count_only(settings: Settings) -> dict:
     out = Path(settings.output_dir)
     existing = out / "results.json"
     if existing.exists() and not settings.overwrite:
-        kind = _read_json(existing).get("kind")
+        kind = read_json(existing).get("kind")
         if kind != COUNT_KIND:
             raise SystemExit(f"error: {existing} holds a training record ({kind}); choose another --output-dir "
                              "or pass --overwrite")
@@ -606,7 +603,7 @@ def _load_squad(settings: Settings, tokenizer) -> TaskData:
     if settings.limit_eval:
         dev_examples = dev_examples[:settings.limit_eval]
     features = data.squad_features(dev_examples, tokenizer, settings.max_length, settings.doc_stride, training=False)
-    dataset = _squad_subset(_read_json(dev_path), {e.id for e in dev_examples})
+    dataset = _squad_subset(read_json(dev_path), {e.id for e in dev_examples})
     # SQuAD has no majority class; the trivial baseline answers nothing (v2.0: the unanswerable share).
     baseline = {settings.task: _squad_metrics(settings.task, dataset, {e.id: "" for e in dev_examples}, None)}
     print(f"SQuAD: {len(train_examples)} training questions -> {len(train)} windows; "
@@ -637,68 +634,8 @@ def _squad_metrics(task: str, dataset: dict, predictions: dict, na_probs: dict |
 
 
 # --------------------------------------------------------------------------------------------------
-# Records
+# The machine a record was made on (records.py writes and reads the files)
 # --------------------------------------------------------------------------------------------------
-
-def _json_safe(value):
-    """nan/inf (e.g. a correlation of a constant prediction) become null: results.json stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file + rename: a crash mid-write leaves the previous version, never half a file. Under torchrun
-    only rank 0 writes (here and in append_log, save_checkpoint)."""
-    if not distributed.WORLD.main:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text, encoding="utf-8")
-    replace_durably(temp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"error: {path} is not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise SystemExit(f"error: {path} holds a JSON {type(value).__name__}, not the object run.py writes; "
-                         "choose another --output-dir or pass --overwrite")
-    return value
-
-
-def read_log(path: Path) -> list[dict]:
-    """A seed's log.jsonl as one history. A run killed without a checkpoint of its last steps logged them
-    once, and its --resume logs them again after a "resumed" event: the earlier lines past the resumed
-    position are dropped here, so nothing is counted twice."""
-    history: list[dict] = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        if entry["event"] == "resumed":
-            history = [e for e in history if not (
-                (e["event"] == "progress" and e["step"] > entry["step"])
-                or (e["event"] == "stage" and e["step"] >= entry["step"])
-                or (e["event"] == "epoch" and e["epoch"] >= entry["epoch"]))]
-        history.append(entry)
-    return history
-
-
-def append_log(path: Path, entry: dict) -> None:
-    if not distributed.WORLD.main:
-        return
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(_json_safe({"time": time.time(), **entry})) + "\n")
-
 
 def cpu_model() -> str:
     """The CPU's model name (Linux), so timings in a record say which machine made them."""
@@ -718,108 +655,13 @@ def environment(settings: Settings) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu": cpu_model(), "cpu_count": os.cpu_count(), "processes": distributed.WORLD.size, "torch_threads": torch.get_num_threads(), "device": settings.device,
+           "cpu": cpu_model(), "cpu_count": os.cpu_count(), "processes": distributed.WORLD.size,
+           "torch_threads": torch.get_num_threads(), "device": settings.device,
            "autocast": str(autocast_dtype(settings)).removeprefix("torch.") if settings.amp else None,
            "git_commit": commit}
     if settings.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(settings.device)
     return env
-
-
-def summarize(runs: list[dict]) -> dict:
-    """mean ± sample std over the finished seeds, per dev set and metric."""
-    finished = [r for r in runs if r.get("status") == "complete"]
-    summary: dict = {}
-    for run in finished:
-        for report_name, metrics in run["final"].items():
-            for metric, value in metrics.items():
-                summary.setdefault(report_name, {}).setdefault(metric, []).append(value)
-    # One seed has no sample spread: its std is null, not a 0 that reads as "no variation".
-    return {name: {metric: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None,
-                            "n": len(v)}
-                   for metric, v in metrics.items() if all(isinstance(x, (int, float)) and math.isfinite(x)
-                                                           for x in v)}
-            for name, metrics in summary.items()}
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints: one safetensors file, never a pickle
-# --------------------------------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer | None, names: list[str],
-                    scaler, meta: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
-    """Trainable weights, AdamW moments, RNG states and the JSON position, written to a temp file and
-    renamed, so a crash mid-write leaves the previous checkpoint intact. `extra`: more tensors under their
-    own prefixes (a sparse method's mask/..., or burnin/... sums of an interrupted SAM burn-in)."""
-    params = dict(model.named_parameters())
-    tensors = {f"model/{n}": params[n].detach().cpu().contiguous() for n in names}
-    tensors.update({key: value.detach().cpu().contiguous() for key, value in (extra or {}).items()})
-    for name in names:
-        for key, value in optimizer.state.get(params[name], {}).items():
-            tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
-    # Every process's dropout generator (rank 0's under rng/, rank r's under rng/rank-r/), gathered first:
-    # this is a collective, so every process calls save_checkpoint and only rank 0 writes.
-    world = distributed.WORLD
-    for rank, states in enumerate(distributed.gather(rng_states(), world)):
-        tensors.update({rng_prefix(rank) + key: state for key, state in states.items()})
-    if not world.main:
-        return
-    meta = {**meta, "world_size": world.size, "scaler": scaler.state_dict() if scaler is not None else None}
-    temp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temp), metadata={"progtuning": json.dumps(_json_safe(meta))})
-    replace_durably(temp, path)
-
-
-def load_checkpoint(path: Path, meta: dict, model: Transformer, optimizer: torch.optim.Optimizer,
-                    names: list[str], scaler) -> None:
-    """Copy the tensors of `path` into model, optimizer and RNG; `meta` is its checkpoint_meta, already
-    checked against this run's settings."""
-    params = dict(model.named_parameters())
-    with safe_open(str(path), framework="pt") as file:
-        keys = set(file.keys())
-        expected = {f"model/{n}" for n in names}
-        if not expected <= keys:
-            missing = sorted(expected - keys)
-            raise SystemExit(f"error: {path} lacks {len(missing)} trainable weight(s), e.g. {missing[0]}; "
-                             "it was written by a different model or method")
-        with torch.no_grad():
-            for name in names:
-                params[name].copy_(file.get_tensor(f"model/{name}"))
-        for name in names:
-            state = {key.rsplit("/", 1)[1]: file.get_tensor(key).to(params[name].device)
-                     for key in keys if key.startswith(f"optim/{name}/")}
-            if state:
-                state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU
-                optimizer.state[params[name]] = state
-    restore_rng(path)
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-
-
-def rng_states() -> dict[str, torch.Tensor]:
-    states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state()
-    return states
-
-
-def rng_prefix(rank: int) -> str:
-    return "rng/" if rank == 0 else f"rng/rank-{rank}/"
-
-
-def restore_rng(path: Path) -> None:
-    """The random generators as the checkpoint saved them (this process's, under torchrun): dropout goes on
-    as if never interrupted."""
-    rng = checkpoint_tensors(path, rng_prefix(distributed.WORLD.rank))
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-
-
-def checkpoint_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under `prefix`, keyed by the rest of their name."""
-    with safe_open(str(path), framework="pt") as file:
-        return {key[len(prefix):]: file.get_tensor(key) for key in file.keys() if key.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1364,19 +1206,6 @@ def sam_burn_in(settings: Settings, seed: int, model: Transformer, eligible: lis
     return scores, steps - done
 
 
-def block_numbers(blocks: list[int]) -> list[int]:
-    """Blocks as records and printed lines number them: from 1 (the paper's numbering), not Python's 0."""
-    return [block + 1 for block in blocks]
-
-
-def upgrade_run(run: dict, version: int) -> dict:
-    """A run record (or a checkpoint's copy of one) as the current format writes it."""
-    if version < 2:
-        for epoch in run.get("epochs", []):
-            epoch["trainable_blocks"] = block_numbers(epoch["trainable_blocks"])
-    return run
-
-
 def _blocks_label(blocks: list[int]) -> str:
     """1-based, as in the paper: [4, 5, 6, 7] -> '5-8'."""
     if not blocks:
@@ -1500,7 +1329,7 @@ def main(argv: list[str] | None = None) -> dict:
     previous = None
     if results_path.exists():
         if settings.resume:
-            previous = _read_json(results_path)
+            previous = read_json(results_path)
             _check_same_run(settings, previous, results_path)
         elif not settings.overwrite:
             raise SystemExit(f"error: {results_path} already exists; pass --resume to continue it, --overwrite "
@@ -1616,16 +1445,6 @@ def _check_same_run(settings: Settings, previous: dict, path: Path) -> None:
         listed = "; ".join(f"{k}: recorded {old!r}, now {new!r}" for k, (old, new) in differing.items())
         raise SystemExit(f"error: --resume with settings that differ from {path}: {listed}. "
                          "Use the recorded settings, or another --output-dir for a new run")
-
-
-def checkpoint_meta(path: Path) -> dict:
-    """The JSON written beside the tensors: settings, seed, position and the run record so far."""
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            return json.loads(file.metadata()["progtuning"])
-    except (SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise SystemExit(f"error: {path} is not a checkpoint run.py wrote, or it was cut short "
-                         f"({type(error).__name__}: {error}); start this seed over with --overwrite") from None
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import distributed
+import records
 import run
 from conftest import build_tiny_bert
 
@@ -100,7 +101,7 @@ def test_resume_under_two_processes_ends_as_if_never_interrupted(tmp_path, dropo
     run_ok(torchrun(*common(dropout_dir, glue_dir, tmp_path / "straight")))
     interrupted = torchrun(*common(dropout_dir, glue_dir, tmp_path / "resumed", "--interrupt-after-steps", 7))
     assert interrupted.returncode != 0 and "interrupted at epoch 2 step 2" in interrupted.stderr
-    meta = run.checkpoint_meta(tmp_path / "resumed" / "seed-1" / "checkpoint.safetensors")
+    meta = records.checkpoint_meta(tmp_path / "resumed" / "seed-1" / "checkpoint.safetensors")
     assert meta["world_size"] == 2 and meta["position"] == {**meta["position"], "epoch": 1, "step_in_epoch": 2}
     # one process cannot continue what two began: each one's dropout stream is in the checkpoint
     shutil.copytree(tmp_path / "resumed", tmp_path / "one-process")
@@ -112,10 +113,10 @@ def test_resume_under_two_processes_ends_as_if_never_interrupted(tmp_path, dropo
     straight = load_file(tmp_path / "straight" / "seed-1" / "trained.safetensors")
     again = load_file(tmp_path / "resumed" / "seed-1" / "trained.safetensors")
     assert all(torch.equal(straight[name], again[name]) for name in straight)
-    records = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("straight", "resumed")]
-    assert records[0]["runs"][0]["final"] == records[1]["runs"][0]["final"]
-    assert [e["digests"] for e in records[0]["runs"][0]["epochs"]] == [
-        e["digests"] for e in records[1]["runs"][0]["epochs"]]
+    results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("straight", "resumed")]
+    assert results[0]["runs"][0]["final"] == results[1]["runs"][0]["final"]
+    assert [e["digests"] for e in results[0]["runs"][0]["epochs"]] == [
+        e["digests"] for e in results[1]["runs"][0]["epochs"]]
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_one_line(tmp_path, dropout_dir, glue_dir, monkeypatch):

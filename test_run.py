@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from conftest import TINY_CONFIG, build_tiny_bert
 import model as M
 import progtuning as P
+import records
 import report
 import run
 
@@ -70,7 +71,7 @@ def test_count_only_refuses_to_replace_a_training_record(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "results.json").write_text(json.dumps({"kind": run.RESULTS_KIND}))
+    (tmp_path / "out" / "results.json").write_text(json.dumps({"kind": records.RESULTS_KIND}))
     with pytest.raises(SystemExit, match="holds a training record"):
         run.main(["--task", "rte", "--model", str(folder), "--count-only", "--output-dir", str(tmp_path / "out")])
 
@@ -133,7 +134,7 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     printed = capsys.readouterr().out
     assert "rte: accuracy" in printed and "(n=1)" in printed and "± 0.00 (n=1)" not in printed
     record = results_of(straight)
-    assert record["kind"] == run.RESULTS_KIND and record["runs"][0]["status"] == "complete"
+    assert record["kind"] == records.RESULTS_KIND and record["runs"][0]["status"] == "complete"
     epochs = record["runs"][0]["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert [e["trainable_blocks"] for e in epochs] == [[1, 2, 3, 4], [3, 4]]
@@ -206,7 +207,7 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     run.main(run_args(tiny_dir, killed, *common, "--resume", glue_dir=glue_dir))
     raw = [json.loads(line) for line in (killed / "seed-1" / "log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in raw].count("progress") == 16 + 8
-    history = run.read_log(killed / "seed-1" / "log.jsonl")
+    history = records.read_log(killed / "seed-1" / "log.jsonl")
     assert [e["step"] for e in history if e["event"] == "progress"] == list(range(1, 17))
     assert [e["epoch"] for e in history if e["event"] == "epoch"] == [1, 2]
     assert [(e["epoch"], e["step"]) for e in history if e["event"] == "resumed"] == [(2, 8)]
@@ -651,7 +652,7 @@ def test_records_number_blocks_from_1_and_a_version_1_record_is_upgraded(tmp_pat
         entry["trainable_blocks"] = [b - 1 for b in entry["trainable_blocks"]]
     (out / "results.json").write_text(json.dumps(results))
     checkpoint = out / "seed-1" / "checkpoint.safetensors"
-    meta = run.checkpoint_meta(checkpoint)
+    meta = records.checkpoint_meta(checkpoint)
     del meta["format_version"]
     meta["run"]["epochs"][0]["trainable_blocks"] = [0, 1, 2, 3]
     save_file(load_file(checkpoint), str(checkpoint), metadata={"progtuning": json.dumps(meta)})
@@ -669,7 +670,7 @@ def test_resume_with_save_trained_writes_a_finished_seeds_weights(tmp_path, tiny
     log_before = (out / "seed-1" / "log.jsonl").read_text()
     run.main(run_args(tiny_dir, out, *short, "--resume", "--save-trained", glue_dir=glue_dir))
     trained = load_file(out / "seed-1" / "trained.safetensors")
-    final = run.checkpoint_tensors(out / "seed-1" / "checkpoint.safetensors", "model/")
+    final = records.checkpoint_tensors(out / "seed-1" / "checkpoint.safetensors", "model/")
     assert trained.keys() == final.keys() and all(torch.equal(trained[k], final[k]) for k in final)
     assert (out / "seed-1" / "log.jsonl").read_text() == log_before  # nothing trained, nothing logged
 
