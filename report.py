@@ -502,6 +502,13 @@ def _main_score(row: ResultRow) -> tuple[str, str, MetricSummary]:
     return report_name, metric, row.scores[report_name][metric]
 
 
+def _baseline_score(row: ResultRow) -> float | None:
+    """The majority-class score of row's main metric, or None where it is undefined (a regression task)."""
+    report_name, metric, _ = _main_score(row)
+    value = (row.majority_baseline or {}).get(report_name, {}).get(metric)
+    return value if _is_number(value) and not math.isnan(value) else None
+
+
 def _panels(rows: list[ResultRow]) -> list[tuple[str, str | None]]:
     """(method, variant) pairs present, in the tables' order: FT and PT are compared within one."""
     return sorted({(row.method, row.variant) for row in rows},
@@ -531,16 +538,14 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
                 ax.annotate("", xy=(pt[0].updated_params / 1e6, _main_score(pt[0])[2].mean),
                             xytext=(ft[0].updated_params / 1e6, _main_score(ft[0])[2].mean),
                             arrowprops={"arrowstyle": "->", "color": colors[method], "lw": 1.2})
-        baseline = task_rows[0].majority_baseline
-        report_name, metric, _ = _main_score(task_rows[0])
-        value = (baseline or {}).get(report_name, {}).get(metric)
-        if _is_number(value) and not math.isnan(value):
+        value = _baseline_score(task_rows[0])
+        if value is not None:
             ax.axhline(value, color="grey", linestyle="--", linewidth=1, label="majority class")
             ax.annotate(BASELINE_LABELS.get(task, "majority class"), xy=(0.01, value), xycoords=("axes fraction",
                         "data"), fontsize=8, color="grey", va="bottom")
         ax.set_xscale("log")
         ax.set_xlabel("updated parameters, summed over epochs (millions, log scale)")
-        report_name, metric, _ = _main_score(task_rows[0])
+        metric = _main_score(task_rows[0])[1]
         ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]} (mean ± std over seeds)")
         ax.set_title(f"{task} ({model_label(task_rows[0].model)})")
         ax.grid(True, which="both", alpha=0.3)
@@ -642,7 +647,7 @@ def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
     for ax, (method, options) in zip(axes[0], groups):
         mine = [r for r in rows if r.task == task and r.method == method and _other_options(r) == options]
         singles = sorted((int(r.train_blocks), r) for r in mine if r.train_blocks and r.train_blocks.isdigit())
-        report_name, metric, _ = _main_score(probe[0])
+        metric = _main_score(probe[0])[1]
         if singles:
             ax.errorbar([b for b, _ in singles], [_main_score(r)[2].mean for _, r in singles],
                         yerr=[_main_score(r)[2].std or 0.0 for _, r in singles], fmt="o-", color="tab:blue",
@@ -656,8 +661,8 @@ def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
                 score = _main_score(found[0])[2]
                 ax.axhline(score.mean, color=color, linestyle="--", linewidth=1.2,
                            label=f"{label}: {score.mean:.1f}" + (f" ± {score.std:.1f}" if score.std else ""))
-        baseline = (probe[0].majority_baseline or {}).get(report_name, {}).get(metric)
-        if _is_number(baseline) and not math.isnan(baseline):
+        baseline = _baseline_score(probe[0])
+        if baseline is not None:
             ax.axhline(baseline, color="grey", linestyle=":", linewidth=1,
                        label=f"{BASELINE_LABELS.get(task, 'majority class')}: {baseline:.1f}")
         ax.set_xlabel("the one block that trains (k, from the bottom)")
