@@ -1,11 +1,14 @@
 """Shared pytest fixtures: where the real data and the real MiniLM checkpoint are, skipping cleanly when
-they are absent (a user's clone has neither ../shared/data nor, perhaps, the test-only packages)."""
+they are absent (a user's clone has neither ../shared/data nor, perhaps, the test-only packages); a tiny
+random BERT to train for real; and a loopback HTTP server for the download tests."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,42 @@ def build_tiny_bert(folder: Path, minilm_dir: Path, **config) -> Path:
     save_file({k: v.contiguous() for k, v in weights.state_dict().items() if not k.startswith("classifier.")},
               str(folder / "model.safetensors"))
     return folder
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 that serves fixed bodies by URL path (anything else is a 404) and records
+    the paths asked for; the download code under test is pointed at it through its base-URL variables."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[bytes, int]] = {}
+        self.requests: list[str] = []
+        routes, requests = self.routes, self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.append(self.path)
+                if self.path not in routes:
+                    self.send_error(404)
+                    return
+                body, announced_length = routes[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(announced_length))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        # A short poll interval keeps shutdown() in close() from costing 0.5 s a test.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
+
+    def serve(self, path: str, body: bytes, announced_length: int | None = None) -> None:
+        """Answer GET `path` with `body`; `announced_length` fakes the Content-Length of a cut-off transfer."""
+        self.routes[path] = (body, len(body) if announced_length is None else announced_length)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

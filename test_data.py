@@ -4,11 +4,9 @@ a loopback HTTP server."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import logging
 import os
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import data
+from conftest import LoopbackServer
 
 
 def _shared_glue_dir() -> Path:
@@ -294,39 +293,6 @@ def test_glue_data_dir_prefers_argument_then_environment(monkeypatch: pytest.Mon
 
 # ---------------------------------------------------------------- download
 
-class LoopbackServer:
-    """Serves fixed bodies by URL path; anything else is a 404."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[bytes, int]] = {}
-        self.requests: list[str] = []
-        routes, requests = self.routes, self.requests
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                requests.append(self.path)
-                if self.path not in routes:
-                    self.send_error(404)
-                    return
-                body, announced_length = routes[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(announced_length))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        # A short poll interval keeps shutdown() in the fixture's teardown from costing 0.5 s a test.
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
-
-    def serve(self, path: str, body: bytes, announced_length: int | None = None) -> None:
-        self.routes[path] = (body, len(body) if announced_length is None else announced_length)
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
     monkeypatch.delenv("PROGTUNING_OFFLINE")
@@ -336,8 +302,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
     monkeypatch.setenv(data.GLUE_BASE_URL_ENV, f"{loopback.url}/glue/data/")
     monkeypatch.setenv(data.MRPC_BASE_URL_ENV, f"{loopback.url}/senteval/senteval_data")
     yield loopback
-    loopback.server.shutdown()
-    loopback.server.server_close()
+    loopback.close()
 
 
 def _zip(members: dict[str, str]) -> bytes:

@@ -4,12 +4,10 @@ the download path against a loopback HTTP server."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import math
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import data
 import model
 import squad_eval
+from conftest import LoopbackServer
 
 SQUAD_COUNTS = {  # file: (questions, unanswerable), from ../shared/data/README.md
     "dev-v1.1.json": (10570, 0),
@@ -446,33 +445,6 @@ def test_squad_files_picks_named_files_and_refuses_unknown_tasks(squad_dir: Path
         data.squad_files("squad2", squad_dir)
 
 
-class LoopbackServer:
-    """Serves fixed bodies by URL path and records what was asked; anything else is a 404."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        routes, requests = self.routes, self.requests
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                requests.append(self.path)
-                if self.path not in routes:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(routes[self.path])))
-                self.end_headers()
-                self.wfile.write(routes[self.path])
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
     monkeypatch.delenv("PROGTUNING_OFFLINE")
@@ -481,8 +453,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
     loopback = LoopbackServer()
     monkeypatch.setenv(data.SQUAD_BASE_URL_ENV, f"{loopback.url}/dataset/")
     yield loopback
-    loopback.server.shutdown()
-    loopback.server.server_close()
+    loopback.close()
 
 
 TINY_TRAIN = json.dumps(_squad_json([_qa("t1")])).encode()
@@ -490,7 +461,8 @@ TINY_DEV = json.dumps(_squad_json([_qa("d1"), _qa("d2", "Who sat?", "The cat", 0
 
 
 def test_missing_official_files_are_downloaded_once(server: LoopbackServer, tmp_path: Path) -> None:
-    server.routes.update({"/dataset/train-v1.1.json": TINY_TRAIN, "/dataset/dev-v1.1.json": TINY_DEV})
+    server.serve("/dataset/train-v1.1.json", TINY_TRAIN)
+    server.serve("/dataset/dev-v1.1.json", TINY_DEV)
     root = tmp_path / "squad"
     root.mkdir()
     train, dev = data.squad_files("squad", root)
@@ -522,7 +494,7 @@ def test_a_mistyped_folder_is_an_error_and_the_default_one_is_removed_after_a_fa
 
 
 def test_an_error_page_is_not_kept_as_the_data_file(server: LoopbackServer, tmp_path: Path) -> None:
-    server.routes["/dataset/train-v1.1.json"] = b"<html>Sign in to continue</html>"
+    server.serve("/dataset/train-v1.1.json", b"<html>Sign in to continue</html>")
     with pytest.raises(data.SquadDownloadError, match="train-v1.1.json is not a SQuAD JSON file"):
         data.squad_files("squad", tmp_path)
     assert os.listdir(tmp_path) == []
