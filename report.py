@@ -7,12 +7,14 @@ metric order of the Progtuning paper's tables (SPEC.md section 6: F1 before accu
 Pearson before Spearman for STS-B, exact match before F1 for SQuAD). The file's own `summary` is only
 cross-checked, never copied.
 
-    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--plots DIR [--bench FILE]]
+    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--paired] [--plots DIR [--bench FILE]]
 
 Each PATH is a results.json file or a folder searched recursively for results.json. --baseline adds a
 "majority class" row per table from the files' `majority_baseline` ("always no answer" for SQuAD). Runs
 that are not complete are left out, and files with no complete run are skipped; both are noted on stderr.
 --overview adds one compact table (method x mode rows, a column per task, as the papers lay out theirs).
+--paired adds PT against FT seed by seed: per method, each shared seed's PT - FT on the main metric, the
+mean gap against FT's seed spread, and in how many seeds PT scored lower and ended with a higher training loss.
 --plots DIR writes tradeoff.png (score against updated parameters, FT -> PT arrows), curves-<task>.png (dev
 score per epoch, FT against PT, stage switches marked), probe-<task>.png for runs made with --train-blocks
 (the paper's Figure 1: score against the one block that trains) and, with --bench FILE (bench.py
@@ -100,6 +102,9 @@ class ResultRow:
     epoch_scores: dict[str, dict[str, list[MetricSummary]]] = field(default_factory=dict)
     stage_of_epoch: list[int] = field(default_factory=list)  # the stage each epoch ended in
     train_blocks: str | None = None  # run.py --train-blocks (the block probe), else None
+    # seed -> the main metric's final score and the last epoch's training loss, for pairing FT with PT
+    seed_scores: dict[int, float] = field(default_factory=dict)
+    seed_losses: dict[int, float] = field(default_factory=dict)
 
 
 def _is_number(value: Any) -> bool:
@@ -267,12 +272,25 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
                                  f"runs' final values average {recomputed.mean}; the table uses the latter")
 
     epoch_scores, stage_of_epoch = _epoch_curves(path, scores, per_run_epochs)
+    main_name = report_names[0]
+    main_metric = SHOWN_METRICS[main_name][0]
+    seed_scores: dict[int, float] = {}
+    seed_losses: dict[int, float] = {}
+    for ((index, run), final, epochs) in zip(complete_runs, per_run_finals, per_run_epochs):
+        seed = _require(run, "seed", path, f"runs[{index}]", "a number", "the run's seed")
+        if seed in seed_scores:
+            raise ResultsFormatError(f"{path}: seed {seed} has two complete runs; expected one run per seed")
+        seed_scores[seed] = float(final[main_name][main_metric])
+        if epochs:
+            seed_losses[seed] = float(_require(epochs[-1], "train_loss", path, f"runs[{index}].epochs[-1]",
+                                               "a number", "the epoch's mean training loss"))
     return ResultRow(
         path=path, task=task, model=model, method=method, mode=mode, schedule=schedule, lr=float(lr),
         scores=scores, majority_baseline=majority_baseline, updated_params=float(updated_params),
         reduction=float(reduction), wall_minutes=float(np.mean(wall_seconds)) / 60.0,
         runs_used=len(complete_runs), subset=", ".join(limits) or None, variant=variant,
         epoch_scores=epoch_scores, stage_of_epoch=stage_of_epoch, train_blocks=settings.get("train_blocks"),
+        seed_scores=seed_scores, seed_losses=seed_losses,
     ), notes
 
 
@@ -470,6 +488,73 @@ def render_overview(rows: list[ResultRow]) -> str:
         reduction = DASH if first.mode == "ft" else "–".join(f"{r:.1f}%" for r in
                                                                (reductions[0], reductions[-1])[:len(reductions)])
         lines.append(_markdown_row(_config_label(first) + scores + ["/".join(map(str, seeds)), reduction]))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# FT against PT, paired seed by seed
+# --------------------------------------------------------------------------------------------------
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def render_paired(rows: list[ResultRow]) -> str:
+    """PT against FT of the same task, model, method, options and lr, seed by seed on the main metric:
+    the seeds both modes completed, each seed's PT - FT, their mean, FT's seed-to-seed std over those seeds
+    (is the mean gap within it?), in how many seeds PT scored lower, and in how many its last epoch's training
+    loss was higher. Block-probe rows are left out; each PT schedule gets its own line."""
+    groups: dict[tuple, dict[str, ResultRow]] = {}
+    for row in sorted(rows, key=_row_sort_key):
+        if row.train_blocks is not None:
+            continue
+        key = (row.task, model_label(row.model), row.method, row.variant, row.lr)
+        side = "ft" if row.mode == "ft" else row.schedule
+        same = groups.setdefault(key, {})
+        if side in same:
+            raise ResultsFormatError(f"--paired needs one record per task, method, mode and lr, but {row.task} "
+                                     f"{row.method} {row.mode} at lr {row.lr:g} has two: {same[side].path} and "
+                                     f"{row.path}; pass one of them")
+        same[side] = row
+    tasks = lambda key: (TASK_ORDER.index(key[0]) if key[0] in TASK_ORDER else 99, key[0], key[1],
+                         METHOD_ORDER.index(key[2]), key[3] or "", key[4])
+    lines = [_markdown_row(["task", "method", "PT schedule", "metric", "seeds paired", "PT − FT per seed",
+                            "mean PT − FT", "FT's seed std", "mean within FT's std", "PT lower in",
+                            "PT's train loss higher in"]),
+             _markdown_row(["---"] * 11)]
+    lower_total = loss_total = loss_pairs = pairs_total = 0
+    for key in sorted(groups, key=tasks):
+        sides = groups[key]
+        ft = sides.get("ft")
+        for schedule in SCHEDULE_ORDER:
+            pt = sides.get(schedule)
+            if ft is None or pt is None:
+                continue
+            seeds = sorted(set(ft.seed_scores) & set(pt.seed_scores))
+            if not seeds:
+                continue
+            gaps = [pt.seed_scores[seed] - ft.seed_scores[seed] for seed in seeds]
+            loss_seeds = [seed for seed in seeds if seed in ft.seed_losses and seed in pt.seed_losses]
+            loss_higher = sum(pt.seed_losses[seed] > ft.seed_losses[seed] for seed in loss_seeds)
+            lower = sum(gap < 0 for gap in gaps)
+            mean_gap = float(np.mean(gaps))
+            spread = summarize([ft.seed_scores[seed] for seed in seeds]).std  # over the paired seeds only
+            within = DASH if spread is None else ("yes" if abs(mean_gap) <= spread else "no")
+            method = ft.method if ft.variant is None else f"{ft.method} [{ft.variant}]"
+            lines.append(_markdown_row([
+                ft.task, method, schedule, METRIC_LABELS[_main_score(ft)[1]], ", ".join(map(str, seeds)),
+                ", ".join(_signed(gap) for gap in gaps), _signed(mean_gap),
+                DASH if spread is None else f"{spread:.2f}", within, f"{lower} of {len(seeds)}",
+                f"{loss_higher} of {len(loss_seeds)}" if loss_seeds else DASH]))
+            pairs_total += len(seeds)
+            lower_total += lower
+            loss_total += loss_higher
+            loss_pairs += len(loss_seeds)
+    if pairs_total == 0:
+        raise ResultsFormatError("--paired found no task and method with both an FT and a PT record sharing a "
+                                 "complete seed")
+    lines += ["", f"Over all {pairs_total} seed pairs: PT scored lower in {lower_total}, and its last epoch's "
+                  f"training loss was higher in {loss_total} of {loss_pairs}."]
     return "\n".join(lines) + "\n"
 
 
@@ -698,6 +783,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="add a 'majority class' row per table from the files' majority_baseline")
     parser.add_argument("--overview", action="store_true",
                         help="also a compact table: method x mode rows, one column per task (main metric)")
+    parser.add_argument("--paired", action="store_true",
+                        help="also a table of PT against FT seed by seed (same task, method, options and lr)")
     parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
     parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
     args = parser.parse_args(argv)
@@ -720,6 +807,8 @@ def main(argv: list[str] | None = None) -> str:
 
     try:
         report = render_report(rows, baseline=args.baseline)
+        if args.paired:
+            report += "\n### PT against FT, seed by seed\n\n" + render_paired(rows)
         if args.overview:
             report = "### overview\n\n" + render_overview(rows) + "\n" + report
         if args.plots:

@@ -408,6 +408,70 @@ def test_overview_puts_tasks_in_columns_and_methods_in_rows(tmp_path: Path) -> N
         report.render_overview(rows + [report.load_results(twice)[0]])
 
 
+def _with_losses(record: dict, losses: list[float]) -> dict:
+    for run, loss in zip(record["runs"], losses):
+        run["epochs"][-1]["train_loss"] = loss
+    return record
+
+
+def test_paired_table_compares_pt_with_ft_seed_by_seed(tmp_path: Path) -> None:
+    mrpc = lambda f1s: [{"mrpc": {"f1": f1, "accuracy": 70.0}} for f1 in f1s]
+    baseline = {"mrpc": {"f1": 81.2, "accuracy": 68.4}}
+    records = {
+        # FT has three seeds and PT two (its third still running): only seeds 1 and 2 pair.
+        "mrpc-full-ft": _with_losses(make_results(task="mrpc", mode="ft", finals=mrpc([84.0, 86.0, 90.0]),
+                                                  majority_baseline=baseline), [0.30, 0.32, 0.28]),
+        "mrpc-full-pt": _with_losses(make_results(task="mrpc", finals=mrpc([83.0, 86.5, 0.0]),
+                                                  statuses=["complete", "complete", "running"],
+                                                  majority_baseline=baseline), [0.35, 0.31, 0.5]),
+        "mrpc-full-pt-grow": make_results(task="mrpc", schedule="grow", finals=mrpc([80.0]),
+                                          majority_baseline=baseline),
+        "rte-bitfit-ft": make_results(method="bitfit", mode="ft", finals=[{"rte": {"accuracy": 60.0}}]),
+        "rte-bitfit-pt": make_results(method="bitfit", finals=[{"rte": {"accuracy": 58.0}}]),
+        "rte-lora-pt": make_results(method="lora"),  # no FT record: nothing to pair
+        "rte-bitfit-probe": make_results(method="bitfit", mode="ft", train_blocks="1"),  # the probe: left out
+    }
+    rows = [report.load_results(write_results(tmp_path / name, record))[0] for name, record in records.items()]
+    # Seeds 1, 2: gaps -1.0 and +0.5, mean -0.25; FT's std over those seeds is std(84, 86) = sqrt(2).
+    assert report.render_paired(rows).splitlines() == [
+        "| task | method | PT schedule | metric | seeds paired | PT − FT per seed | mean PT − FT | FT's seed std "
+        "| mean within FT's std | PT lower in | PT's train loss higher in |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mrpc | full | shrink | F1 | 1, 2 | -1.00, +0.50 | -0.25 | 1.41 | yes | 1 of 2 | 1 of 2 |",
+        "| mrpc | full | grow | F1 | 1 | -4.00 | -4.00 | — | — | 1 of 1 | 1 of 1 |",  # loss 0.69 > 0.30
+        "| rte | bitfit | shrink | acc | 1 | -2.00 | -2.00 | — | — | 1 of 1 | 0 of 1 |",
+        "",
+        "Over all 4 seed pairs: PT scored lower in 3, and its last epoch's training loss was higher in 2 of 4.",
+    ]
+    bigger_gap = _with_losses(make_results(task="mrpc", finals=mrpc([80.0, 82.0]), majority_baseline=baseline),
+                              [0.4, 0.4])
+    rows[1] = report.load_results(write_results(tmp_path / "mrpc-full-pt", bigger_gap))[0]
+    assert "| mrpc | full | shrink | F1 | 1, 2 | -4.00, -4.00 | -4.00 | 1.41 | no | 2 of 2 | 2 of 2 |" in \
+        report.render_paired(rows).splitlines()
+
+
+def test_paired_table_errors_name_the_records(tmp_path: Path) -> None:
+    ft = report.load_results(write_results(tmp_path / "ft", make_results(mode="ft")))[0]
+    with pytest.raises(report.ResultsFormatError, match="no task and method with both an FT and a PT record"):
+        report.render_paired([ft])
+    twice = report.load_results(write_results(tmp_path / "ft-again", make_results(mode="ft")))[0]
+    with pytest.raises(report.ResultsFormatError, match=r"rte full ft at lr 2e-05 has two: .*ft-again.* and .*ft/results.json; pass one"):
+        report.render_paired([ft, twice])
+    record = make_results()
+    record["runs"][1]["seed"] = 1
+    with pytest.raises(report.ResultsFormatError, match="seed 1 has two complete runs"):
+        report.load_results(write_results(tmp_path / "same-seed", record))
+
+
+def test_cli_paired_appends_its_table(tmp_path: Path) -> None:
+    write_results(tmp_path / "ft", make_results(mode="ft"))
+    write_results(tmp_path / "pt", make_results(finals=[{"rte": {"accuracy": 59.0}}, {"rte": {"accuracy": 63.0}},
+                                                        {"rte": {"accuracy": 61.0}}]))
+    text = report.main([str(tmp_path), "--paired"])
+    assert "### PT against FT, seed by seed" in text
+    assert "| rte | full | shrink | acc | 1, 2, 3 | -1.00, +1.00, +0.00 | +0.00 | 1.00 | yes | 1 of 3 | 0 of 3 |" in text
+
+
 def test_epoch_curves_are_summarised_per_epoch(tmp_path: Path) -> None:
     record = _three_epochs(make_results(finals=[{"rte": {"accuracy": 0.0}}] * 2), [[50, 55, 60], [52, 57, 62]],
                            "rte", "accuracy")
