@@ -496,7 +496,8 @@ def render_overview(rows: list[ResultRow]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def _signed(value: float) -> str:
-    return f"{value:+.2f}"
+    """+0.41 or -1.09; a gap that rounds to zero is 0.00, without a sign that would suggest a direction."""
+    return "0.00" if abs(value) < 0.005 else f"{value:+.2f}"
 
 
 def render_paired(rows: list[ResultRow]) -> str:
@@ -522,7 +523,7 @@ def render_paired(rows: list[ResultRow]) -> str:
                             "mean PT − FT", "FT's seed std", "mean within FT's std", "PT lower in",
                             "PT's train loss higher in"]),
              _markdown_row(["---"] * 11)]
-    lower_total = loss_total = loss_pairs = pairs_total = 0
+    lower_total = higher_total = loss_total = loss_pairs = pairs_total = 0
     for key in sorted(groups, key=tasks):
         sides = groups[key]
         ft = sides.get("ft")
@@ -548,13 +549,15 @@ def render_paired(rows: list[ResultRow]) -> str:
                 f"{loss_higher} of {len(loss_seeds)}" if loss_seeds else DASH]))
             pairs_total += len(seeds)
             lower_total += lower
+            higher_total += sum(gap > 0 for gap in gaps)
             loss_total += loss_higher
             loss_pairs += len(loss_seeds)
     if pairs_total == 0:
         raise ResultsFormatError("--paired found no task and method with both an FT and a PT record sharing a "
                                  "complete seed")
-    lines += ["", f"Over all {pairs_total} seed pairs: PT scored lower in {lower_total}, and its last epoch's "
-                  f"training loss was higher in {loss_total} of {loss_pairs}."]
+    ties = pairs_total - lower_total - higher_total
+    lines += ["", f"Over all {pairs_total} seed pairs: PT scored lower in {lower_total}, higher in {higher_total} "
+                  f"and the same in {ties}; its last epoch's training loss was higher in {loss_total} of {loss_pairs}."]
     return "\n".join(lines) + "\n"
 
 

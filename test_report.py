@@ -441,7 +441,8 @@ def test_paired_table_compares_pt_with_ft_seed_by_seed(tmp_path: Path) -> None:
         "| mrpc | full | grow | F1 | 1 | -4.00 | -4.00 | — | — | 1 of 1 | 1 of 1 |",  # loss 0.69 > 0.30
         "| rte | bitfit | shrink | acc | 1 | -2.00 | -2.00 | — | — | 1 of 1 | 0 of 1 |",
         "",
-        "Over all 4 seed pairs: PT scored lower in 3, and its last epoch's training loss was higher in 2 of 4.",
+        "Over all 4 seed pairs: PT scored lower in 3, higher in 1 and the same in 0; its last epoch's training loss "
+        "was higher in 2 of 4.",
     ]
     bigger_gap = _with_losses(make_results(task="mrpc", finals=mrpc([80.0, 82.0]), majority_baseline=baseline),
                               [0.4, 0.4])
@@ -469,7 +470,8 @@ def test_cli_paired_appends_its_table(tmp_path: Path) -> None:
                                                         {"rte": {"accuracy": 61.0}}]))
     text = report.main([str(tmp_path), "--paired"])
     assert "### PT against FT, seed by seed" in text
-    assert "| rte | full | shrink | acc | 1, 2, 3 | -1.00, +1.00, +0.00 | +0.00 | 1.00 | yes | 1 of 3 | 0 of 3 |" in text
+    assert "| rte | full | shrink | acc | 1, 2, 3 | -1.00, +1.00, 0.00 | 0.00 | 1.00 | yes | 1 of 3 | 0 of 3 |" in text
+    assert "Over all 3 seed pairs: PT scored lower in 1, higher in 1 and the same in 1;" in text
 
 
 def test_epoch_curves_are_summarised_per_epoch(tmp_path: Path) -> None:
