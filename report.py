@@ -517,14 +517,17 @@ def render_paired(rows: list[ResultRow]) -> str:
                                      f"{row.method} {row.mode} at lr {row.lr:g} has two: {same[side].path} and "
                                      f"{row.path}; pass one of them")
         same[side] = row
-    tasks = lambda key: (TASK_ORDER.index(key[0]) if key[0] in TASK_ORDER else 99, key[0], key[1],
-                         METHOD_ORDER.index(key[2]), key[3] or "", key[4])
+    def in_table_order(key: tuple) -> tuple:  # task, model, method, options, lr
+        task, model, method, variant, lr = key
+        return (TASK_ORDER.index(task) if task in TASK_ORDER else 99, task, model, METHOD_ORDER.index(method),
+                variant or "", lr)
+
     lines = [_markdown_row(["task", "method", "PT schedule", "metric", "seeds paired", "PT − FT per seed",
                             "mean PT − FT", "FT's seed std", "mean within FT's std", "PT lower in",
                             "PT's train loss higher in"]),
              _markdown_row(["---"] * 11)]
     lower_total = higher_total = loss_total = loss_pairs = pairs_total = 0
-    for key in sorted(groups, key=tasks):
+    for key in sorted(groups, key=in_table_order):
         sides = groups[key]
         ft = sides.get("ft")
         for schedule in SCHEDULE_ORDER:

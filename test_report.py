@@ -456,7 +456,8 @@ def test_paired_table_errors_name_the_records(tmp_path: Path) -> None:
     with pytest.raises(report.ResultsFormatError, match="no task and method with both an FT and a PT record"):
         report.render_paired([ft])
     twice = report.load_results(write_results(tmp_path / "ft-again", make_results(mode="ft")))[0]
-    with pytest.raises(report.ResultsFormatError, match=r"rte full ft at lr 2e-05 has two: .*ft-again.* and .*ft/results.json; pass one"):
+    with pytest.raises(report.ResultsFormatError,
+                       match=r"rte full ft at lr 2e-05 has two: .*ft-again.* and .*ft/results.json; pass one"):
         report.render_paired([ft, twice])
     record = make_results()
     record["runs"][1]["seed"] = 1
