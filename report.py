@@ -360,6 +360,11 @@ def _row_sort_key(row: ResultRow) -> tuple:
             str(row.path))
 
 
+def _method_label(row: ResultRow) -> str:
+    """The method with the run options that change its numbers: "lora [autocast]"."""
+    return row.method if row.variant is None else f"{row.method} [{row.variant}]"
+
+
 def _markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -412,7 +417,7 @@ def render_table(rows: list[ResultRow], baseline: bool) -> list[str]:
         scores = [format_score(row.scores[report_name][metric])
                   if report_name in row.scores and metric in row.scores[report_name] else DASH
                   for report_name, metric in columns]
-        method = row.method if row.variant is None else f"{row.method} [{row.variant}]"
+        method = _method_label(row)
         if row.subset is not None:
             method += SUBSET_MARK
             footnotes.append(f"{SUBSET_MARK} {row.path}: {row.subset}")
@@ -444,19 +449,23 @@ def render_report(rows: list[ResultRow], baseline: bool = False) -> str:
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "squad", "squad_v2")
 
 
+def _task_rank(task: str) -> int:
+    """A task's place in the papers' column order; tasks they do not list come last."""
+    return TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
+
+
 def _config_key(row: ResultRow) -> tuple:
     return (row.method, row.mode, row.schedule, row.variant)
 
 
 def _config_label(row: ResultRow) -> list[str]:
-    method = row.method if row.variant is None else f"{row.method} [{row.variant}]"
-    return [method, row.mode if row.schedule in (DASH, "shrink") else f"{row.mode} ({row.schedule})"]
+    return [_method_label(row), row.mode if row.schedule in (DASH, "shrink") else f"{row.mode} ({row.schedule})"]
 
 
 def render_overview(rows: list[ResultRow]) -> str:
     """Main metric (mean ± std over seeds) per task and method × mode, with the reduction in updated
     parameters. Each task must have at most one record per method, mode, schedule and variant."""
-    tasks = sorted({row.task for row in rows}, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99)
+    tasks = sorted({row.task for row in rows}, key=_task_rank)
     cells: dict[tuple, dict[str, ResultRow]] = {}
     for row in sorted(rows, key=_row_sort_key):
         same = cells.setdefault(_config_key(row), {})
@@ -517,10 +526,10 @@ def render_paired(rows: list[ResultRow]) -> str:
                                      f"{row.method} {row.mode} at lr {row.lr:g} has two: {same[side].path} and "
                                      f"{row.path}; pass one of them")
         same[side] = row
+
     def in_table_order(key: tuple) -> tuple:  # task, model, method, options, lr
         task, model, method, variant, lr = key
-        return (TASK_ORDER.index(task) if task in TASK_ORDER else 99, task, model, METHOD_ORDER.index(method),
-                variant or "", lr)
+        return (_task_rank(task), task, model, METHOD_ORDER.index(method), variant or "", lr)
 
     lines = [_markdown_row(["task", "method", "PT schedule", "metric", "seeds paired", "PT − FT per seed",
                             "mean PT − FT", "FT's seed std", "mean within FT's std", "PT lower in",
@@ -544,9 +553,8 @@ def render_paired(rows: list[ResultRow]) -> str:
             mean_gap = float(np.mean(gaps))
             spread = summarize([ft.seed_scores[seed] for seed in seeds]).std  # over the paired seeds only
             within = DASH if spread is None else ("yes" if abs(mean_gap) <= spread else "no")
-            method = ft.method if ft.variant is None else f"{ft.method} [{ft.variant}]"
             lines.append(_markdown_row([
-                ft.task, method, schedule, METRIC_LABELS[_main_score(ft)[1]], ", ".join(map(str, seeds)),
+                ft.task, _method_label(ft), schedule, METRIC_LABELS[_main_score(ft)[1]], ", ".join(map(str, seeds)),
                 ", ".join(_signed(gap) for gap in gaps), _signed(mean_gap),
                 DASH if spread is None else f"{spread:.2f}", within, f"{lower} of {len(seeds)}",
                 f"{loss_higher} of {len(loss_seeds)}" if loss_seeds else DASH]))
@@ -610,7 +618,7 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
     """Score against updated parameters, one point per method and mode (± std over seeds), an arrow from
     each method's FT to its PT: the trade-off the paper argues for, one panel per task."""
     plt = _pyplot()
-    tasks = sorted({row.task for row in rows}, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99)
+    tasks = sorted({row.task for row in rows}, key=_task_rank)
     methods = [m for m in METHOD_ORDER if any(row.method == m for row in rows)]
     colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(7.5, 5.2 * len(tasks)), 5.0), squeeze=False)
