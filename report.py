@@ -9,7 +9,10 @@ cross-checked, never copied.
 
     python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--paired] [--plots DIR [--bench FILE]]
 
-Each PATH is a results.json file or a folder searched recursively for results.json. --baseline adds a
+Each PATH is a results.json file or a folder searched recursively for results.json. Records of one
+configuration in several folders (its seeds run on several machines or days: settings equal but for where
+and how they were kept, same data checksums, device and process count) make one row over all their runs;
+where one seed is complete in two of them, they stay separate rows. --baseline adds a
 "majority class" row per table from the files' `majority_baseline` ("always no answer" for SQuAD). Runs
 that are not complete are left out, and files with no complete run are skipped; both are noted on stderr.
 --overview adds one compact table (method x mode rows, a column per task, as the papers lay out theirs).
@@ -66,6 +69,10 @@ SUBSET_MARK = "†"
 # Boolean run options that change the numbers without being part of the recipe; a row trained with one
 # shows it next to the method, so it is never read as the plain recipe.
 VARIANT_LABELS = {"amp": "autocast", "freeze_embeddings": "E frozen", "random_init": "random init"}
+# run.py settings that say where and how a run was kept, not what it trained: records that differ only
+# in these are one configuration (load_all).
+MERGE_IGNORED_SETTINGS = ("seeds", "output_dir", "data_dir", "resume", "overwrite", "log_every", "keep_checkpoint",
+                          "save_trained", "export", "dist_timeout", "interrupt_after_steps", "count_only")
 # A recomputed mean may differ from run.py's summary by float rounding, not by more.
 SUMMARY_TOLERANCE = 1e-6
 
@@ -100,7 +107,8 @@ class ResultRow:
     variant: str | None = None  # "autocast", "E frozen": run options that change the numbers beyond the recipe
     # report name -> metric -> one summary per epoch over the complete runs (dev scores after each epoch)
     epoch_scores: dict[str, dict[str, list[MetricSummary]]] = field(default_factory=dict)
-    stage_of_epoch: list[int] = field(default_factory=list)  # the stage each epoch ended in
+    # the blocks each epoch trained (run.py's trainable_blocks): PT's trained set changes where they differ
+    blocks_of_epoch: list[tuple[int, ...]] = field(default_factory=list)
     train_blocks: str | None = None  # run.py --train-blocks (the block probe), else None
     # seed -> the main metric's final score and the last epoch's training loss, for pairing FT with PT
     seed_scores: dict[int, float] = field(default_factory=dict)
@@ -147,12 +155,20 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
     """One table row from a results.json (None when no run is complete) and notes for stderr: runs left
     out, a stored summary that disagrees. Raises ResultsFormatError for a file that breaks the format;
     need_baseline makes majority_baseline required."""
+    return row_from_record(read_record(path), path, need_baseline)
+
+
+def read_record(path: Path) -> Any:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ResultsFormatError(f"cannot read {path} ({error.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ResultsFormatError(f"{path} is not valid JSON ({error})") from None
+
+
+def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tuple[ResultRow | None, list[str]]:
+    """load_results for a record already read; path names it in errors and notes."""
     if not isinstance(record, dict):
         raise ResultsFormatError(f"{path}: expected a JSON object (a run.py results record), found "
                                  f"{type(record).__name__}")
@@ -271,7 +287,7 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
                     notes.append(f"{path}: summary.{report_name}.{metric}.mean is {stored}, but the complete "
                                  f"runs' final values average {recomputed.mean}; the table uses the latter")
 
-    epoch_scores, stage_of_epoch = _epoch_curves(path, scores, per_run_epochs)
+    epoch_scores, blocks_of_epoch = _epoch_curves(path, scores, per_run_epochs)
     main_name = report_names[0]
     main_metric = SHOWN_METRICS[main_name][0]
     seed_scores: dict[int, float] = {}
@@ -289,13 +305,77 @@ def load_results(path: Path, need_baseline: bool = False) -> tuple[ResultRow | N
         scores=scores, majority_baseline=majority_baseline, updated_params=float(updated_params),
         reduction=float(reduction), wall_minutes=float(np.mean(wall_seconds)) / 60.0,
         runs_used=len(complete_runs), subset=", ".join(limits) or None, variant=variant,
-        epoch_scores=epoch_scores, stage_of_epoch=stage_of_epoch, train_blocks=settings.get("train_blocks"),
+        epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, train_blocks=settings.get("train_blocks"),
         seed_scores=seed_scores, seed_losses=seed_losses,
     ), notes
 
 
+def load_all(paths: list[str | Path], need_baseline: bool = False) -> tuple[list[ResultRow], list[str]]:
+    """One row per configuration under paths, and the notes for stderr. Records that differ only in
+    where and how they were kept (MERGE_IGNORED_SETTINGS) -- a configuration's seeds run in several
+    folders, on several machines or days -- are read as one row over all their runs. They must agree on
+    the data files' checksums, the device and the process count. Where one seed is complete in two of them
+    (a rerun), each stays a row of its own, as before, and a note says why."""
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for path in find_results_files(paths):
+        record = read_record(path)
+        groups.setdefault(_merge_key(record) or f"alone: {path}", []).append((path, record))
+    rows: list[ResultRow] = []
+    notes: list[str] = []
+    for members in groups.values():
+        if len(members) > 1:
+            repeated = _repeated_seed(members)
+            if repeated:
+                notes.append(f"{repeated}; so each of these records of one configuration stays a row of its own")
+            else:
+                notes.append(f"{', '.join(str(p) for p, _ in members)}: one configuration in {len(members)} "
+                             f"records; their runs make one row (named {members[0][0]} below)")
+                members = [(members[0][0], _merge_records(members))]
+        for path, record in members:
+            row, row_notes = row_from_record(record, path, need_baseline)
+            notes.extend(row_notes)
+            if row is not None:
+                rows.append(row)
+    return rows, notes
+
+
+def _merge_key(record: Any) -> str | None:
+    """What must agree for two records to be one configuration; None for a record that cannot merge (not
+    a training record, or malformed: row_from_record then reports it on its own)."""
+    if not isinstance(record, dict) or record.get("kind") != RESULTS_KIND:
+        return None
+    settings, runs = record.get("settings"), record.get("runs")
+    if not isinstance(settings, dict) or not isinstance(runs, list):
+        return None
+    environment = record.get("environment") if isinstance(record.get("environment"), dict) else {}
+    kept = {key: value for key, value in settings.items() if key not in MERGE_IGNORED_SETTINGS}
+    return json.dumps([record.get("format_version"), kept, record.get("data_files"),
+                       environment.get("device"), environment.get("gpu"), environment.get("processes")],
+                      sort_keys=True, default=str)
+
+
+def _repeated_seed(members: list[tuple[Path, dict]]) -> str | None:
+    """Where one seed is complete in two of the records (a rerun, not more seeds), which and where."""
+    complete_in: dict[Any, Path] = {}
+    for path, record in members:
+        for run in record["runs"]:
+            if isinstance(run, dict) and run.get("status") == COMPLETE:
+                seed = run.get("seed")
+                if seed in complete_in:
+                    return f"seed {seed} is complete in both {complete_in[seed]} and {path}"
+                complete_in[seed] = path
+    return None
+
+
+def _merge_records(members: list[tuple[Path, dict]]) -> dict:
+    merged = dict(members[0][1])
+    merged["runs"] = [run for _, record in members for run in record["runs"]]
+    merged.pop("summary", None)  # each file's summary covers its own runs only; the row recomputes them all
+    return merged
+
+
 def _epoch_curves(path: Path, scores: dict, per_run_epochs: list[list[dict]]):
-    """Per epoch, the dev scores' summary over the complete runs, and the stage each epoch ended in."""
+    """Per epoch, the dev scores' summary over the complete runs, and the blocks each epoch trained."""
     lengths = sorted({len(epochs) for epochs in per_run_epochs})
     if len(lengths) != 1:
         raise ResultsFormatError(f"{path}: the complete runs have {lengths} epochs each; expected the same "
@@ -311,9 +391,10 @@ def _epoch_curves(path: Path, scores: dict, per_run_epochs: list[list[dict]]):
                                     metric, path, f"runs[*].epochs[{index}].metrics.{report_name}", "a number")
                            for epochs in per_run_epochs])
                 for index in range(lengths[0])]
-    stages = [_require(epoch, "stage", path, f"runs[*].epochs[{index}]", "a number")
+    blocks = [tuple(_require(epoch, "trainable_blocks", path, f"runs[*].epochs[{index}]", "a list",
+                             "the block numbers the epoch trained"))
               for index, epoch in enumerate(per_run_epochs[0])]
-    return curves, stages
+    return curves, blocks
 
 
 def find_results_files(paths: list[str | Path]) -> list[Path]:
@@ -655,9 +736,15 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
     return _save(fig, path, bottom=0.06 * (1 + (len(handles) - 1) // 5))  # room for the legend below
 
 
+def set_switches(row: ResultRow) -> list[int]:
+    """The epochs after which the next epoch trains another set of blocks."""
+    return [epoch for epoch in range(1, len(row.blocks_of_epoch))
+            if row.blocks_of_epoch[epoch] != row.blocks_of_epoch[epoch - 1]]
+
+
 def plot_curves(rows: list[ResultRow], task: str, path: Path) -> Path:
-    """Dev score after each epoch, FT against PT, one panel per method; dotted lines where PT's stage
-    changes (between epochs)."""
+    """Dev score after each epoch, FT against PT, one panel per method; dotted lines where PT's trained
+    set changes (between epochs; with more stages than blocks, as LoRA's presets, not every stage does)."""
     plt = _pyplot()
     task_rows = [row for row in rows if row.task == task and row.schedule in (DASH, "shrink")]
     panels = _panels(task_rows)
@@ -677,12 +764,11 @@ def plot_curves(rows: list[ResultRow], task: str, path: Path) -> Path:
             ax.plot(epochs, means, marker="o", color=color, label=f"{row.mode.upper()} (n={row.runs_used})")
             ax.fill_between(epochs, means - stds, means + stds, color=color, alpha=0.15)
             if row.mode == "pt":
-                for epoch in range(1, len(row.stage_of_epoch)):
-                    if row.stage_of_epoch[epoch] != row.stage_of_epoch[epoch - 1]:
-                        ax.axvline(epoch + 0.5, color="grey", linestyle=":", linewidth=1)
+                for epoch in set_switches(row):
+                    ax.axvline(epoch + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_title(method if variant is None else f"{method} [{variant}]")
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (dotted: PT stage switch)")
+        ax.set_xlabel("epoch (dotted: PT's trained blocks change)")
         ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -806,13 +892,9 @@ def main(argv: list[str] | None = None) -> str:
         parser.error("--bench is plotted with --plots DIR")
 
     try:
-        rows = []
-        for path in find_results_files(args.paths):
-            row, notes = load_results(path, need_baseline=args.baseline)
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr)
-            if row is not None:
-                rows.append(row)
+        rows, notes = load_all(args.paths, need_baseline=args.baseline)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     except ResultsFormatError as error:
         raise SystemExit(f"error: {error}") from None
     if not rows:

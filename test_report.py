@@ -348,6 +348,45 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
         report.main([str(tmp_path / "nowhere.json")])
 
 
+def _with_seeds(record: dict, seeds: list[int], output_dir: str) -> dict:
+    """The record as run.py writes it for these seeds into another folder (another machine or day)."""
+    for run, seed in zip(record["runs"], seeds):
+        run["seed"] = seed
+    record["settings"].update(seeds=seeds, output_dir=output_dir)
+    return record
+
+
+def test_one_configurations_seeds_from_several_folders_make_one_row(tmp_path: Path) -> None:
+    rte = [{"rte": {"accuracy": score}} for score in (60.0, 62.0, 67.0)]
+    first = write_results(tmp_path / "a" / "pt", _with_seeds(make_results(finals=rte[:1]), [1], "a/pt"))
+    # seed 2 interrupted here, complete in the third folder; seed 3 complete here
+    second = write_results(tmp_path / "b" / "pt", _with_seeds(
+        make_results(finals=rte[1:], statuses=["interrupted", "complete"]), [2, 3], "b/pt"))
+    third = write_results(tmp_path / "c" / "pt", _with_seeds(make_results(finals=rte[1:2]), [2], "c/pt"))
+    other_lr = write_results(tmp_path / "d" / "pt", make_results(finals=rte[:1], lr=3e-5))
+    other_device = make_results(finals=[{"rte": {"accuracy": 50.0}}])
+    other_device["environment"] = {"device": "cuda", "gpu": "NVIDIA H200"}
+    write_results(tmp_path / "e" / "pt", other_device)
+
+    rows, notes = report.load_all([tmp_path])
+    assert sorted((row.lr, row.runs_used, row.seed_scores[1] if 1 in row.seed_scores else None) for row in rows) \
+        == [(2e-5, 1, 50.0), (2e-5, 3, 60.0), (3e-5, 1, 60.0)]
+    merged = next(row for row in rows if row.runs_used == 3)
+    assert merged.path == first and merged.seed_scores == {1: 60.0, 2: 62.0, 3: 67.0}
+    assert merged.scores["rte"]["accuracy"] == report.MetricSummary(63.0, math.sqrt(13.0), 3)
+    assert notes == [f"{first}, {second}, {third}: one configuration in 3 records; their runs make one row "
+                     f"(named {first} below)",
+                     f"{first}: left out run 1 (seed 2), status 'interrupted'"]
+    assert other_lr not in [row.path for row in rows if row.runs_used == 3]
+
+    # a rerun of seed 3 elsewhere: the four records stay four rows, as report.py read them before merging
+    again = write_results(tmp_path / "f" / "pt", _with_seeds(make_results(finals=rte[2:]), [3], "f/pt"))
+    rows, notes = report.load_all([tmp_path])
+    assert sorted(row.runs_used for row in rows) == [1, 1, 1, 1, 1, 1]
+    assert notes[0] == (f"seed 3 is complete in both {second} and {again}; so each of these records of one "
+                        "configuration stays a row of its own")
+
+
 def test_count_only_plans_are_left_out_with_a_note(tmp_path):
     plan = tmp_path / "results.json"
     plan.write_text(json.dumps({"kind": "progtuning-count", "format_version": 1}))
@@ -375,9 +414,10 @@ def test_both_record_versions_are_read_and_skipped_rows_are_marked(tmp_path: Pat
 
 
 def _three_epochs(record: dict, scores: list[list[float]], report_name: str, metric: str) -> dict:
-    """Give each run of `record` three epochs with these dev scores (one list per run), stages 1, 2, 3."""
+    """Give each run of `record` three epochs with these dev scores (one list per run), stages 1, 2, 3 of a
+    3-block model's shrink schedule."""
     for run, per_epoch in zip(record["runs"], scores):
-        run["epochs"] = [{"epoch": e + 1, "stage": e + 1, "trainable_blocks": [], "train_loss": 0.5,
+        run["epochs"] = [{"epoch": e + 1, "stage": e + 1, "trainable_blocks": [1, 2, 3][e:], "train_loss": 0.5,
                           "metrics": {report_name: {metric: value}}, "wall_seconds": 60.0}
                          for e, value in enumerate(per_epoch)]
         run["final"] = {report_name: {metric: per_epoch[-1]}}
@@ -480,7 +520,13 @@ def test_epoch_curves_are_summarised_per_epoch(tmp_path: Path) -> None:
                            "rte", "accuracy")
     row, _ = report.load_results(write_results(tmp_path, record))
     assert [s.mean for s in row.epoch_scores["rte"]["accuracy"]] == [51.0, 56.0, 61.0]
-    assert row.stage_of_epoch == [1, 2, 3] and row.scores["rte"]["accuracy"].mean == 61.0
+    assert row.blocks_of_epoch == [(1, 2, 3), (2, 3), (3,)] and row.scores["rte"]["accuracy"].mean == 61.0
+    assert report.set_switches(row) == [1, 2]
+    # more stages than blocks (LoRA's presets): stages 1 and 2 train the same blocks, so no switch after epoch 1
+    for run in record["runs"]:
+        run["epochs"][1]["trainable_blocks"] = [1, 2, 3]
+    row, _ = report.load_results(write_results(tmp_path / "lora", record))
+    assert report.set_switches(row) == [2]
 
 
 def _png_size(path: Path) -> tuple[int, int]:
