@@ -1,17 +1,22 @@
 """gpu_check.sh, the prepared GPU check: its --dry-run runs every phase on the CPU at toy sizes, so the
 script that a rare GPU lease fires in one go is itself tested on every change; and the carry folder it
-needs (MiniLM as fp16, RTE and MRPC) is built by one command and stays under what may travel."""
+needs (MiniLM as fp16, RTE and MRPC) is built by one command and stays under what may travel. The same for
+gpu_runs.sh, the real-data runs a lease has time for after the check."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 import gpu_check
+import report
 
 HERE = Path(__file__).resolve().parent
 
@@ -82,3 +87,53 @@ def test_dry_run_runs_every_phase_and_summarises(tmp_path, minilm_dir, glue_dir)
         assert len(r["epochs"]) == 3 and r["final"] and r["compile"] and r["autocast"] == "bfloat16"
         # one graph per stage: ft's three epochs train the same set and compile once, pt compiles per stage
         assert r["graphs"] == len(r["compile_stages"]) == (1 if r["mode"] == "ft" else 3)
+
+
+# gpu_runs.sh: the real-data runs for a lent GPU, which only the CPU dry run can check here
+
+def _gpu_runs(*args: str, glue_dir: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    if glue_dir is not None:
+        env["PROGTUNING_DATA"] = str(glue_dir.parent)
+    return subprocess.run(["bash", str(HERE / "gpu_runs.sh"), *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "--out DIR is required"),
+    (["--seeds"], "--seeds needs a value"),
+    (["--out", "x", "--parallel", "many"], "--parallel and --budget take whole numbers, got many"),
+    (["--out", "x", "--seeds", "1;2"], "--seeds takes a list such as 1,2,3, got 1;2"),
+    (["--out", "x", "--carry", "/nonexistent"], "/nonexistent lacks minilm-fp16/; run 'bash gpu_runs.sh --prepare'"),
+])
+def test_gpu_runs_command_line_errors_are_one_line(args, message):
+    proc = _gpu_runs(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_runs_dry_run_packs_records_report_py_reads(tmp_path, glue_dir):
+    carry, out = tmp_path / "carry", tmp_path / "out"
+    proc = _gpu_runs("--prepare", "--carry", str(carry), glue_dir=glue_dir)
+    assert proc.returncode == 0, proc.stderr
+    for task in ("RTE", "MRPC", "SST-2", "STS-B"):
+        assert (carry / "glue" / task / "dev.tsv").read_bytes() == (glue_dir / task / "dev.tsv").read_bytes()
+
+    proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--seeds", "2", "--parallel", "2",
+                     "--only", "^(sst2-blocks-6|mrpc-sam-pt)$")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(line.split("\t")[:2] for line in (out / "jobs.tsv").read_text().splitlines()) == [
+        ["mrpc-sam-pt", "0"], ["sst2-blocks-6", "0"]]
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        assert not [name for name in tar.getnames() if name.endswith(".safetensors")]  # no checkpoints travel back
+        tar.extractall(unpacked, filter="data")
+    assert (unpacked / "logs" / "mrpc-sam-pt.log").is_file()
+    rows, _ = report.load_all([unpacked])
+    assert sorted((row.task, row.method, row.mode, row.train_blocks, tuple(row.seed_scores)) for row in rows) == [
+        ("mrpc", "sam", "pt", None, (2,)), ("sst2", "full", "ft", "6", (2,))]
+
+    # a budget with too little left for a job: skipped and said so, and the records still come back
+    proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--budget", "35", "--only", "mrpc-sam-ft")
+    assert proc.returncode == 1 and (out / "jobs.tsv").read_text() == "mrpc-sam-ft\tskipped\t0\n"
+    assert (out / "runs.tar.gz").is_file()
