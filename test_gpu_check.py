@@ -118,20 +118,18 @@ def test_gpu_runs_dry_run_packs_records_report_py_reads(tmp_path, glue_dir):
     for task in ("RTE", "MRPC", "SST-2", "STS-B"):
         assert (carry / "glue" / task / "dev.tsv").read_bytes() == (glue_dir / task / "dev.tsv").read_bytes()
 
-    proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--seeds", "2", "--parallel", "2",
-                     "--only", "^(sst2-blocks-6|mrpc-sam-pt)$")
+    proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--seeds", "2", "--only", "^sst2-blocks-6$")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert sorted(line.split("\t")[:2] for line in (out / "jobs.tsv").read_text().splitlines()) == [
-        ["mrpc-sam-pt", "0"], ["sst2-blocks-6", "0"]]
+    assert [line.split("\t")[:2] for line in (out / "jobs.tsv").read_text().splitlines()] == [["sst2-blocks-6", "0"]]
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
     with tarfile.open(out / "runs.tar.gz") as tar:
         assert not [name for name in tar.getnames() if name.endswith(".safetensors")]  # no checkpoints travel back
         tar.extractall(unpacked, filter="data")
-    assert (unpacked / "logs" / "mrpc-sam-pt.log").is_file()
+    assert (unpacked / "logs" / "sst2-blocks-6.log").is_file()
     rows, _ = report.load_all([unpacked])
-    assert sorted((row.task, row.method, row.mode, row.train_blocks, tuple(row.seed_scores)) for row in rows) == [
-        ("mrpc", "sam", "pt", None, (2,)), ("sst2", "full", "ft", "6", (2,))]
+    assert [(row.task, row.method, row.mode, row.train_blocks, tuple(row.seed_scores)) for row in rows] == [
+        ("sst2", "full", "ft", "6", (2,))]
 
     # a budget with too little left for a job: skipped and said so, and the records still come back
     proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--budget", "35", "--only", "mrpc-sam-ft")
