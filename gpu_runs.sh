@@ -39,16 +39,7 @@ PY=${PYTHON:-python3}
 EXTRA_TASKS="SST-2 STS-B"
 
 if [ "$PREPARE" = 1 ]; then
-    "$PY" gpu_check.py prepare --carry "$CARRY" || exit
-    glue=${PROGTUNING_DATA:-../shared/data}/glue
-    for task in $EXTRA_TASKS; do
-        mkdir -p "$CARRY/glue/$task" || exit
-        for f in train.tsv dev.tsv; do
-            cp "$glue/$task/$f" "$CARRY/glue/$task/$f" || { echo "error: cannot copy $glue/$task/$f" >&2; exit 2; }
-        done
-    done
-    echo "added GLUE $EXTRA_TASKS to $CARRY; $(du -sm "$CARRY" | cut -f1) MiB in all"
-    exit 0
+    exec "$PY" gpu_check.py prepare --carry "$CARRY" --add-tasks "${EXTRA_TASKS// /,}"
 fi
 [ -n "$OUT" ] || { echo "error: --out DIR is required (where the results go); $usage" >&2; exit 2; }
 for value in "$PARALLEL" "${BUDGET:-1}"; do
