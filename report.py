@@ -699,7 +699,6 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
     """Score against updated parameters, one point per method and mode (± std over seeds), an arrow from
     each method's FT to its PT: the trade-off the paper argues for, one panel per task."""
     plt = _pyplot()
-    from matplotlib.ticker import FuncFormatter
     tasks = sorted({row.task for row in rows}, key=_task_rank)
     methods = [m for m in METHOD_ORDER if any(row.method == m for row in rows)]
     colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(methods)}
@@ -725,7 +724,7 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
             ax.annotate(BASELINE_LABELS.get(task, "majority class"), xy=(0.01, value), xycoords=("axes fraction",
                         "data"), fontsize=8, color="grey", va="bottom")
         ax.set_xscale("log")
-        _plain_log_labels(ax, FuncFormatter)
+        _plain_log_labels(ax)
         ax.set_xlabel("updated parameters, summed over epochs (millions, log scale)")
         metric = _main_score(task_rows[0])[1]
         ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]} (mean ± std over seeds)")
@@ -738,9 +737,11 @@ def plot_tradeoff(rows: list[ResultRow], path: Path) -> Path:
     return _save(fig, path, bottom=0.06 * (1 + (len(handles) - 1) // 5))  # room for the legend below
 
 
-def _plain_log_labels(ax, FuncFormatter) -> None:
+def _plain_log_labels(ax) -> None:
     """Tick labels of a log x axis as plain numbers (0.1, 1, 10; not 10^-1 ... or 2x10^0). Within one decade
     every tick is labelled (no power of ten may fall inside); within two, also 2 and 5 times a power of ten."""
+    from matplotlib.ticker import FuncFormatter  # matplotlib only for --plots, after _pyplot() has checked it
+
     low, high = ax.get_xlim()
 
     def leading_digit(x: float) -> int:
