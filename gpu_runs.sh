@@ -3,7 +3,8 @@
 # install nor download (a companion of gpu_check.sh, which proves the GPU path; this one uses it):
 #   - the block probe on SST-2, the paper's Figure 1 task (blocks 1..6 and none, full ft and pt);
 #   - LoRA at its preset epochs (MRPC 30, STS-B 40; ft and pt), which the CPU runs cut to 6;
-#   - SAM on MRPC (ft and pt), the sparse path's first runs on a GPU.
+#   - SAM on MRPC (ft and pt), the sparse path's first runs on a GPU;
+#   - SST-2 for the methods whose preset is 3 epochs (adapter, bitfit, sam, random, magnitude; ft and pt).
 # One seed each (--seeds), MiniLM weights rounded to fp16 (what travels), run.py's CUDA defaults
 # (torch.compile + bf16 autocast). MiniLM's steps are small and launch-bound, so the jobs run side by
 # side on the one GPU (--parallel); each ends by the --budget, so the records always come back.
@@ -11,6 +12,8 @@
 #   bash gpu_runs.sh --prepare               # CPU machine: gpu_check's carry + GLUE SST-2 and STS-B
 #   bash gpu_runs.sh --out DIR               # GPU machine, with .gpu_carry/ carried along
 #   bash gpu_runs.sh --dry-run --out DIR     # every job on the CPU at toy sizes (flags and records)
+#   bash gpu_runs.sh --out DIR2 --resume WORK --only NAME   # go on with a job the budget cut, while the
+#                                            # machine is still warm (WORK: the log's "work dir" line)
 #
 # DIR receives gpu_runs.log (everything printed), jobs.tsv (job, exit code, seconds) and runs.tar.gz
 # (each job's output folder without checkpoints, and its log); unpack with `tar xzf runs.tar.gz -C runs/gpu`
@@ -18,15 +21,15 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 
-usage="usage: bash gpu_runs.sh --out DIR [--dry-run] [--carry DIR] [--budget SECONDS] [--parallel N] [--seeds LIST] [--only REGEX] | --prepare [--carry DIR]"
-OUT="" CARRY=".gpu_carry" DRY=0 PREPARE=0 BUDGET="" PARALLEL=16 SEEDS=1 ONLY=""
+usage="usage: bash gpu_runs.sh --out DIR [--dry-run] [--carry DIR] [--budget SECONDS] [--parallel N] [--seeds LIST] [--only REGEX] [--resume WORK] | --prepare [--carry DIR]"
+OUT="" CARRY=".gpu_carry" DRY=0 PREPARE=0 BUDGET="" PARALLEL=16 SEEDS=1 ONLY="" RESUME=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out|--carry|--budget|--parallel|--seeds|--only)
+        --out|--carry|--budget|--parallel|--seeds|--only|--resume)
             [ $# -ge 2 ] || { echo "error: $1 needs a value; $usage" >&2; exit 2; }
             case "$1" in
                 --out) OUT=$2 ;; --carry) CARRY=$2 ;; --budget) BUDGET=$2 ;; --parallel) PARALLEL=$2 ;;
-                --seeds) SEEDS=$2 ;; --only) ONLY=$2 ;;
+                --seeds) SEEDS=$2 ;; --only) ONLY=$2 ;; --resume) RESUME=$2 ;;
             esac
             shift 2 ;;
         --dry-run) DRY=1; shift ;;
@@ -60,7 +63,12 @@ fi
 BUDGET=${BUDGET:-$([ "$DRY" = 1 ] && echo 1800 || echo 480)}
 mkdir -p "$OUT" || { echo "error: cannot create --out $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
-WORK=$(mktemp -d)
+if [ -n "$RESUME" ]; then  # the cut-off jobs' checkpoints are in the earlier call's work dir
+    [ -d "$RESUME/runs" ] || { echo "error: --resume $RESUME has no runs/ folder; pass the work dir an earlier gpu_runs.log names" >&2; exit 2; }
+    WORK=$(cd "$RESUME" && pwd)
+else
+    WORK=$(mktemp -d)
+fi
 CARRY=$(cd "$CARRY" && pwd)
 mkdir -p "$WORK/runs" "$WORK/logs"
 : > "$OUT/jobs.tsv"
@@ -69,7 +77,7 @@ export PROGTUNING_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor-cache" TRITON_CACHE_DIR="$WORK/inductor-cache/triton"
 export TORCHINDUCTOR_COMPILE_THREADS=2  # many runs compile at once; each gets a share of the cores
 COMMON=(--model "$CARRY/minilm-fp16" --data-dir "$CARRY/glue" --seeds "$SEEDS" --no-keep-checkpoint
-        --log-every 500 --overwrite)
+        --log-every 500 $([ -n "$RESUME" ] && echo --resume || echo --overwrite))
 [ "$DRY" = 1 ] && COMMON+=(--device cpu --no-compile --limit-train 16 --limit-eval 8 --epochs 2 --batch-size 8)
 
 # name, then run.py's task options; the longest first, so they start while the cores are free
@@ -85,6 +93,9 @@ for k in 1 2 3 4 5 6 none; do
     JOBS+=("sst2-blocks-$k --task sst2 --train-blocks $k")
 done
 JOBS+=("mrpc-sam-ft --task mrpc --mode ft --method sam" "mrpc-sam-pt --task mrpc --mode pt --method sam")
+for m in sam adapter bitfit random magnitude; do  # LoRA's SST-2 preset, 60 epochs, is beyond one lease
+    JOBS+=("sst2-$m-ft --task sst2 --mode ft --method $m" "sst2-$m-pt --task sst2 --mode pt --method $m")
+done
 
 STARTED=$SECONDS
 job() {  # job NAME ARGS...: one run.py under what the budget has left; its exit code and seconds to jobs.tsv
@@ -96,7 +107,7 @@ job() {  # job NAME ARGS...: one run.py under what the budget has left; its exit
         return
     fi
     timeout -k 10 "$limit" "$PY" run.py "$@" "${COMMON[@]}" --output-dir "$WORK/runs/$name" \
-        > "$WORK/logs/$name.log" 2>&1
+        >> "$WORK/logs/$name.log" 2>&1
     rc=$?
     printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >> "$OUT/jobs.tsv"
     echo "=== $name: exit $rc after $((SECONDS - start)) s$([ "$rc" = 124 ] && echo ' (budget spent)'): $(tail -n 1 "$WORK/logs/$name.log")"
@@ -104,6 +115,7 @@ job() {  # job NAME ARGS...: one run.py under what the budget has left; its exit
 
 main() {
     echo "=== gpu_runs $([ "$DRY" = 1 ] && echo '--dry-run (CPU, toy sizes)' || echo '(GPU)'), $(date -u), budget $BUDGET s, $PARALLEL at a time, seeds $SEEDS"
+    echo "=== work dir: $WORK$([ -n "$RESUME" ] && echo ' (resumed)')"
     echo "=== git: $(git rev-parse --short HEAD 2>/dev/null || echo 'no git') $(git status --porcelain 2>/dev/null | grep -q . && echo '(uncommitted changes)')"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     "$PY" -c "import platform, torch; print('python', platform.python_version(), '| torch', torch.__version__, \

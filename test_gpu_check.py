@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -130,6 +131,21 @@ def test_gpu_runs_dry_run_packs_records_report_py_reads(tmp_path, glue_dir):
     rows, _ = report.load_all([unpacked])
     assert [(row.task, row.method, row.mode, row.train_blocks, tuple(row.seed_scores)) for row in rows] == [
         ("sst2", "full", "ft", "6", (2,))]
+
+    # --resume goes on in the first call's work dir: here it adds seed 3 to the finished record
+    work = re.search(r"^=== work dir: (\S+)$", (out / "gpu_runs.log").read_text(), re.M).group(1)
+    out2 = tmp_path / "out2"
+    proc = _gpu_runs("--dry-run", "--out", str(out2), "--carry", str(carry), "--seeds", "2,3", "--resume", work,
+                     "--only", "^sst2-blocks-6$")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "(resumed)" in (out2 / "gpu_runs.log").read_text()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    with tarfile.open(out2 / "runs.tar.gz") as tar:
+        tar.extractall(resumed, filter="data")
+    rows, _ = report.load_all([resumed])
+    assert [tuple(row.seed_scores) for row in rows] == [(2, 3)]
+    assert (resumed / "logs" / "sst2-blocks-6.log").read_text().count("seed 2") >= 1
 
     # a budget with too little left for a job: skipped and said so, and the records still come back
     proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--budget", "35", "--only", "mrpc-sam-ft")
