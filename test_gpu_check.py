@@ -145,7 +145,7 @@ def test_gpu_runs_dry_run_packs_records_report_py_reads(tmp_path, glue_dir):
         tar.extractall(resumed, filter="data")
     rows, _ = report.load_all([resumed])
     assert [tuple(row.seed_scores) for row in rows] == [(2, 3)]
-    assert (resumed / "logs" / "sst2-blocks-6.log").read_text().count("seed 2") >= 1
+    assert (resumed / "logs" / "sst2-blocks-6.log").read_text().count("settings: ") == 2  # the log goes on, too
 
     # a budget with too little left for a job: skipped and said so, and the records still come back
     proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--budget", "35", "--only", "mrpc-sam-ft")
