@@ -49,6 +49,10 @@ for value in "$PARALLEL" "${BUDGET:-1}"; do
     case "$value" in ''|*[!0-9]*) echo "error: --parallel and --budget take whole numbers, got $value" >&2; exit 2 ;; esac
 done
 case "$SEEDS" in ''|*[!0-9,]*) echo "error: --seeds takes a list such as 1,2,3, got $SEEDS" >&2; exit 2 ;; esac
+if [ -n "$RESUME" ] && [ ! -d "$RESUME/runs" ]; then
+    echo "error: --resume $RESUME has no runs/ folder; pass the work dir an earlier gpu_runs.log names" >&2
+    exit 2
+fi
 if [ ! -f "$CARRY/minilm-fp16/model.safetensors" ]; then
     echo "error: $CARRY lacks minilm-fp16/; run 'bash gpu_runs.sh --prepare' on the CPU machine first" >&2
     exit 2
@@ -64,7 +68,6 @@ BUDGET=${BUDGET:-$([ "$DRY" = 1 ] && echo 1800 || echo 480)}
 mkdir -p "$OUT" || { echo "error: cannot create --out $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
 if [ -n "$RESUME" ]; then  # the cut-off jobs' checkpoints are in the earlier call's work dir
-    [ -d "$RESUME/runs" ] || { echo "error: --resume $RESUME has no runs/ folder; pass the work dir an earlier gpu_runs.log names" >&2; exit 2; }
     WORK=$(cd "$RESUME" && pwd)
 else
     WORK=$(mktemp -d)

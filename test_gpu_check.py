@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -105,6 +106,7 @@ def _gpu_runs(*args: str, glue_dir: Path | None = None) -> subprocess.CompletedP
     (["--out", "x", "--parallel", "many"], "--parallel and --budget take whole numbers, got many"),
     (["--out", "x", "--seeds", "1;2"], "--seeds takes a list such as 1,2,3, got 1;2"),
     (["--out", "x", "--carry", "/nonexistent"], "/nonexistent lacks minilm-fp16/; run 'bash gpu_runs.sh --prepare'"),
+    (["--out", "x", "--resume", "/nonexistent"], "--resume /nonexistent has no runs/ folder; pass the work dir"),
 ])
 def test_gpu_runs_command_line_errors_are_one_line(args, message):
     proc = _gpu_runs(*args)
@@ -146,6 +148,7 @@ def test_gpu_runs_dry_run_packs_records_report_py_reads(tmp_path, glue_dir):
     rows, _ = report.load_all([resumed])
     assert [tuple(row.seed_scores) for row in rows] == [(2, 3)]
     assert (resumed / "logs" / "sst2-blocks-6.log").read_text().count("settings: ") == 2  # the log goes on, too
+    shutil.rmtree(work)  # the calls' work dir is outside tmp_path
 
     # a budget with too little left for a job: skipped and said so, and the records still come back
     proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--budget", "35", "--only", "mrpc-sam-ft")
