@@ -199,11 +199,16 @@ def split_file_name(task: str, split: str) -> str:
 DEFAULT_GLUE_DIR = "glue_data"
 
 
-def glue_data_dir(data_dir: str | Path | None = None) -> Path:
+def _data_folder(data_dir: str | Path | None, env: str, default: str) -> Path:
+    """data_dir if given, else the folder named by $env, else the default (relative to the working folder)."""
     if data_dir is not None:
         return Path(data_dir)
-    from_env = os.environ.get(GLUE_DIR_ENV)
-    return Path(from_env) if from_env else Path(DEFAULT_GLUE_DIR)
+    return Path(os.environ.get(env) or default)
+
+
+def glue_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The glue_data folder: data_dir, else $GLUE_DIR, else ./glue_data."""
+    return _data_folder(data_dir, GLUE_DIR_ENV, DEFAULT_GLUE_DIR)
 
 
 @contextlib.contextmanager
@@ -665,10 +670,7 @@ DEFAULT_SQUAD_DIR = "squad"
 
 def squad_data_dir(data_dir: str | Path | None = None) -> Path:
     """The folder holding the SQuAD JSON files: data_dir, else $SQUAD_DIR, else ./squad."""
-    if data_dir is not None:
-        return Path(data_dir)
-    from_env = os.environ.get(SQUAD_DIR_ENV)
-    return Path(from_env) if from_env else Path(DEFAULT_SQUAD_DIR)
+    return _data_folder(data_dir, SQUAD_DIR_ENV, DEFAULT_SQUAD_DIR)
 
 
 def squad_files(task: str, data_dir: str | Path | None = None, train_file: str | None = None,
