@@ -870,7 +870,7 @@ def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
         ax.set_ylabel(f"{task} dev {METRIC_LABELS[metric]} (mean ± std over seeds)")
         ax.set_title(f"{task}: {method}" + (f" [{options}]" if options else ""))
         ax.grid(True, alpha=0.3)
-        # below the axes: inside, the legend would sit on some curve or line whatever the data
+        # below the axes: inside, "best" placement still put it over a reference line (the STS-B probe)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     return _save(fig, path)
 
