@@ -80,6 +80,12 @@ def test_two_processes_train_what_one_process_trains(tmp_path, no_dropout_dir, g
     weights_two = load_file(tmp_path / "two" / "seed-1" / "trained.safetensors")
     assert weights_one.keys() == weights_two.keys()
     for name in weights_one:  # sam: the same mask (indices/...) and the same values in it
+        if method == "sam" and name.endswith("attention.self.key.bias"):
+            # The loss does not depend on a key bias (it adds q·b to every score of a query, and softmax drops
+            # a constant), so its gradient, SAM's score, is rounding noise: which entries win depends on the
+            # order the processes' shares are summed in (it did on an AMD EPYC, not on an Intel Xeon).
+            assert weights_two[name].shape == weights_one[name].shape, name
+            continue
         torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-5, rtol=0, msg=name)
 
     # Digests of every part, checked equal across the processes by run.py after each epoch (it stops if
