@@ -2,14 +2,15 @@
 # gpu_runs.sh: the real-data runs a 2-core CPU cannot afford, in one go on a lent GPU that can neither
 # install nor download (a companion of gpu_check.sh, which proves the GPU path; this one uses it):
 #   - the block probe on SST-2, the paper's Figure 1 task (blocks 1..6 and none, full ft and pt);
-#   - LoRA at its preset epochs (MRPC 30, STS-B 40; ft and pt), which the CPU runs cut to 6;
+#   - LoRA at its preset epochs (CoLA 80, MRPC 30, STS-B 40; ft and pt), which the CPU runs cut to 6;
+#     CoLA's 80 epochs (about 43k steps a run) may need a --resume call after the first;
 #   - SAM on MRPC (ft and pt), the sparse path's first runs on a GPU;
 #   - SST-2 for the methods whose preset is 3 epochs (adapter, bitfit, sam, random, magnitude; ft and pt).
 # One seed each (--seeds), MiniLM weights rounded to fp16 (what travels), run.py's CUDA defaults
 # (torch.compile + bf16 autocast). MiniLM's steps are small and launch-bound, so the jobs run side by
 # side on the one GPU (--parallel); each ends by the --budget, so the records always come back.
 #
-#   bash gpu_runs.sh --prepare               # CPU machine: gpu_check's carry + GLUE SST-2 and STS-B
+#   bash gpu_runs.sh --prepare               # CPU machine: gpu_check's carry + GLUE SST-2, STS-B, CoLA
 #   bash gpu_runs.sh --out DIR               # GPU machine, with .gpu_carry/ carried along
 #   bash gpu_runs.sh --dry-run --out DIR     # every job on the CPU at toy sizes (flags and records)
 #   bash gpu_runs.sh --out DIR2 --resume WORK --only NAME   # go on with a job the budget cut, while the
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 PY=${PYTHON:-python3}
-EXTRA_TASKS="SST-2 STS-B"
+EXTRA_TASKS="SST-2 STS-B CoLA"
 
 if [ "$PREPARE" = 1 ]; then
     exec "$PY" gpu_check.py prepare --carry "$CARRY" --add-tasks "${EXTRA_TASKS// /,}"
@@ -85,6 +86,8 @@ COMMON=(--model "$CARRY/minilm-fp16" --data-dir "$CARRY/glue" --seeds "$SEEDS" -
 
 # name, then run.py's task options; the longest first, so they start while the cores are free
 JOBS=(
+    "cola-lora-ft --task cola --mode ft --method lora"
+    "cola-lora-pt --task cola --mode pt --method lora"
     "stsb-lora-ft --task stsb --mode ft --method lora"
     "stsb-lora-pt --task stsb --mode pt --method lora"
     "mrpc-lora-ft --task mrpc --mode ft --method lora"

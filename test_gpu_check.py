@@ -118,7 +118,7 @@ def test_gpu_runs_dry_run_packs_records_report_py_reads(tmp_path, glue_dir):
     carry, out = tmp_path / "carry", tmp_path / "out"
     proc = _gpu_runs("--prepare", "--carry", str(carry), glue_dir=glue_dir)
     assert proc.returncode == 0, proc.stderr
-    for task in ("RTE", "MRPC", "SST-2", "STS-B"):
+    for task in ("RTE", "MRPC", "SST-2", "STS-B", "CoLA"):
         assert (carry / "glue" / task / "dev.tsv").read_bytes() == (glue_dir / task / "dev.tsv").read_bytes()
 
     proc = _gpu_runs("--dry-run", "--out", str(out), "--carry", str(carry), "--seeds", "2", "--only", "^sst2-blocks-6$")
