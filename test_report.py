@@ -589,3 +589,20 @@ def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> N
     assert sorted(p.name for p in written) == ["curves-mrpc.png", "probe-mrpc.png", "tradeoff.png"]
     width, height = _png_size(tmp_path / "figures" / "probe-mrpc.png")
     assert 400 <= width <= 2400 and 250 <= height <= 1600
+
+
+@pytest.mark.parametrize("marker, args", [
+    ("part2b", ["records/part2", "--baseline", "--overview", "--paired"]),
+    ("gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"]),
+])
+def test_readme_tables_are_report_output_on_the_committed_records(marker: str, args: list[str],
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """The README's results blocks between <!-- MARKER:begin/end --> are what report.py prints on the records
+    in git (its ### headings set one level lower under the README's sections): no number in them is typed."""
+    readme = (REPO_DIR / "README.md").read_text(encoding="utf-8")
+    begin, end = f"<!-- {marker}:begin -->\n", f"<!-- {marker}:end -->"
+    assert readme.count(begin) == 1 and readme.count(end) == 1, f"README.md needs one {begin.strip()} ... {end}"
+    block = readme[readme.index(begin) + len(begin):readme.index(end)]
+    generated = report.main([str(REPO_DIR / args[0]), *args[1:]])
+    capsys.readouterr()
+    assert block.strip() == generated.replace("### ", "#### ").strip()
