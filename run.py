@@ -1465,10 +1465,10 @@ def cli(argv: list[str] | None = None) -> None:
                                                    distributed.COMMUNICATION_FAILURE.search(str(error)))):
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SystemExit(f"error: process {distributed.WORLD.rank} of {distributed.WORLD.size}: waiting for the "
-                         f"other processes failed ({type(error).__name__}: {first}); one of them stopped or hung "
-                         "(the wait is limited by --dist-timeout). Finished epochs are in the checkpoint: "
-                         "continue with --resume") from None
+        distributed.abandon(f"error: process {distributed.WORLD.rank} of {distributed.WORLD.size}: waiting for "
+                            f"the other processes failed ({type(error).__name__}: {first}); one of them stopped or "
+                            "hung (the wait is limited by --dist-timeout). Finished epochs are in the checkpoint: "
+                            "continue with --resume")
     except KeyboardInterrupt:
         # Training turns the first Ctrl-C into a checkpoint; this is one outside it (loading, tokenizing) or a
         # second one that aborts: what was written before (epoch checkpoints, finished seeds) stays valid.
