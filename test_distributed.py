@@ -174,6 +174,19 @@ def test_a_dead_or_hung_process_stops_the_others_with_one_line(tmp_path, dropout
     assert waited < (60 if fault == "hung" else 30)  # the timeout is 9 s; a dead peer is noticed at once
 
 
+def test_abandon_prints_its_line_keeps_what_was_printed_and_skips_teardown():
+    """After a peer failed, abandon leaves with exit 1 and its one line, and what the process printed before
+    still arrives (os._exit drops unflushed buffers unless abandon flushes them); exit-time teardown (here an
+    atexit handler, in a real run the process group's) does not run."""
+    script = ("import atexit, distributed; atexit.register(print, 'teardown ran'); "
+              "print('progress so far', end=''); distributed.abandon('error: the one line')")
+    buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    completed = subprocess.run([sys.executable, "-c", script], cwd=HERE, env=buffered, capture_output=True,
+                               text=True, timeout=120)
+    assert (completed.returncode, completed.stdout, completed.stderr) == (1, "progress so far",
+                                                                          "error: the one line\n")
+
+
 def test_world_of_one_without_torchrun(monkeypatch):
     for name in distributed.ENV_VARIABLES:
         monkeypatch.delenv(name, raising=False)
