@@ -594,6 +594,7 @@ def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> N
 @pytest.mark.parametrize("marker, args", [
     ("part2b", ["records/part2", "--baseline", "--overview", "--paired"]),
     ("gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"]),
+    ("cpu-cola-lora-preset", ["records/preset", "--baseline", "--paired"]),
 ])
 def test_readme_tables_are_report_output_on_the_committed_records(marker: str, args: list[str],
                                                                   capsys: pytest.CaptureFixture) -> None:
