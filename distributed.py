@@ -35,6 +35,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -105,7 +106,7 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def abandon(message: str) -> None:
+def abandon(message: str) -> NoReturn:
     """Print `message` and end this process with exit code 1 at once, after a collective failed because a
     peer died or hung. Tearing down a group whose peer is gone is not safe: destroy_process_group can wait
     on the dead peer, and gloo's threads, torn down at interpreter exit after a reset connection, sometimes
