@@ -5,8 +5,9 @@
 
 writes DIR/config.json (the base model's config plus the task's num_labels, id2label / label2id with the
 GLUE label names, problem_type, architectures), DIR/model.safetensors (the keys transformers'
-BertForSequenceClassification / RobertaForSequenceClassification / ...ForQuestionAnswering expect:
-`bert.` / `roberta.` before the encoder, the head's own names) and the base model's tokenizer files.
+BertForSequenceClassification / RobertaForSequenceClassification / MPNetForSequenceClassification /
+...ForQuestionAnswering expect: `bert.` / `roberta.` / `mpnet.` before the encoder, MPNet's own names
+inside its blocks, the head's own names) and the base model's tokenizer files.
 Then, without this project:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -37,27 +38,31 @@ from safetensors.torch import load_file, save_file
 
 import data
 import records
-from model import TOKENIZER_FILES, Transformer, part_of, resolve_checkpoint
+from model import TOKENIZER_FILES, Transformer, checkpoint_name, part_of, resolve_checkpoint
 from progtuning import LoRALinear
 
 ARCHITECTURES = {("bert", "classification"): "BertForSequenceClassification",
                  ("roberta", "classification"): "RobertaForSequenceClassification",
+                 ("mpnet", "classification"): "MPNetForSequenceClassification",
                  ("bert", "span"): "BertForQuestionAnswering",
-                 ("roberta", "span"): "RobertaForQuestionAnswering"}
+                 ("roberta", "span"): "RobertaForQuestionAnswering",
+                 ("mpnet", "span"): "MPNetForQuestionAnswering"}
 
 
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """The model's weights under transformers' names: `bert.`/`roberta.` before E, the blocks and BERT's
-    pooler; the head as it is. LoRA's A and B are left out (export merges them into the weights first)."""
-    prefix = model.config.model_type + "."
+    """The model's weights under transformers' names: `bert.`/`roberta.`/`mpnet.` before E, the blocks and
+    BERT's pooler, with MPNet's own names inside a block (model.SUBLAYER_NAMES, the table loading reads
+    too); the head as it is. LoRA's A and B are left out (export merges them into the weights first)."""
+    model_type = model.config.model_type
     state = {}
     for name, tensor in model.state_dict().items():
         if ".lora_A" in name or ".lora_B" in name:
             continue
         part, _ = part_of(name)
         inside = part != "head" or name.startswith("pooler.")
+        key = (model_type + "." if inside else "") + checkpoint_name(name, model_type)
         # a copy: on the CPU .cpu() is the same storage, which the unmerge after the export would change back
-        state[(prefix if inside else "") + name] = tensor.detach().to("cpu", copy=True).contiguous()
+        state[key] = tensor.detach().to("cpu", copy=True).contiguous()
     return state
 
 

@@ -1,12 +1,15 @@
 """A self-written BERT / RoBERTa encoder that loads Hugging Face safetensors checkpoints.
 
-Architecture: BERT (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers") and
-RoBERTa (Liu et al. 2019), post-LayerNorm Transformer encoders. The module names follow the Hugging Face
-checkpoints, so `state_dict()` equals a checkpoint's keys minus the `bert.` / `roberta.` prefix; every
-rename that remains is in the table `CHECKPOINT_KEY_RULES` below.
+Architecture: BERT (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers"),
+RoBERTa (Liu et al. 2019) and MPNet (Song et al. 2020, "MPNet: Masked and Permuted Pre-training"),
+post-LayerNorm Transformer encoders. MPNet is the same encoder with three differences: a relative position
+bias added to the attention scores (one table shared by all blocks), no token-type embeddings, and its own
+names for the attention sublayer. The module names follow the Hugging Face BERT checkpoints, so
+`state_dict()` equals a checkpoint's keys minus the `bert.` / `roberta.` / `mpnet.` prefix; every rename
+that remains is in the tables `CHECKPOINT_KEY_RULES` and `SUBLAYER_NAMES` below.
 
 Progtuning (SPEC.md section 1) sees the model as M = E ∘ B_1 ∘ … ∘ B_L ∘ H. Here:
-    E   = `embeddings.*`
+    E   = `embeddings.*` (and MPNet's `encoder.relative_attention_bias.*`: see part_of)
     B_i = `encoder.layer.{i-1}.*`   (0-based module index; `model.blocks` lists them low to high)
     H   = `pooler.*`, `classifier.*` (sequence tasks) or `qa_outputs.*` (span prediction)
 `part_of(name)` maps a parameter name to its part.
@@ -42,7 +45,8 @@ log = logging.getLogger("progtuning")
 
 @dataclass
 class ModelConfig:
-    """The fields of a Hugging Face BERT/RoBERTa config.json that the encoder uses, under their own names.
+    """The fields of a Hugging Face BERT/RoBERTa/MPNet config.json that the encoder uses, under their own
+    names.
 
     Defaults are those of transformers' BertConfig, used only when config.json leaves a field out.
     """
@@ -62,6 +66,7 @@ class ModelConfig:
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     classifier_dropout: float | None = None
+    relative_attention_num_buckets: int = 32  # MPNet only: buckets of its relative position bias
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelConfig":
@@ -70,7 +75,7 @@ class ModelConfig:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no config.json there; a model folder needs one") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
@@ -79,14 +84,42 @@ class ModelConfig:
         if missing:
             raise ValueError(f"{path}: missing required key(s) {missing}")
         values = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+        for name, value in values.items():
+            expected = FIELD_TYPES[name]
+            # JSON has one number type: 1e-12 and 0 are both fine for a float field, 384.0 is not an int
+            ok = (isinstance(value, expected) and not isinstance(value, bool)) or (
+                expected is float and isinstance(value, int) and not isinstance(value, bool)) or (
+                value is None and name == "classifier_dropout")
+            if not ok:
+                raise ValueError(f"{path}: {name} is {value!r} ({type(value).__name__}); expected "
+                                 f"{'a whole number' if expected is int else 'a number' if expected is float else 'a string'}")
         config = cls(**values)
         config.validate(str(path))
         return config
 
     def validate(self, where: str = "config") -> None:
-        if self.model_type not in ("bert", "roberta"):
+        """Every field the encoder uses, in range; ValueError names the field, its value and what is
+        expected (a config.json is user input: a zero head count would otherwise fail deep inside torch)."""
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"{where}: {name} is {getattr(self, name)!r}; expected {expected}")
+
+        if self.model_type not in MODEL_TYPES:
             raise ValueError(f"{where}: model_type {self.model_type!r} is not supported; "
-                             "expected 'bert' or 'roberta'")
+                             f"expected one of {', '.join(repr(t) for t in MODEL_TYPES)}")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, "a whole number >= 1")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise bad(name, "a probability in [0, 1)")
+        if not (math.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            raise bad("layer_norm_eps", "a small positive number such as 1e-12")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range > 0):
+            raise bad("initializer_range", "a positive number such as 0.02")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise bad("pad_token_id", f"an id in [0, vocab_size {self.vocab_size})")
         if self.position_embedding_type != "absolute":
             raise ValueError(f"{where}: position_embedding_type {self.position_embedding_type!r} is not "
                              "supported; only 'absolute' (BERT/RoBERTa's learned positions) is")
@@ -96,15 +129,28 @@ class ModelConfig:
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(f"{where}: hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
-        if self.num_hidden_layers < 1:
-            raise ValueError(f"{where}: num_hidden_layers must be >= 1, got {self.num_hidden_layers}")
+        if self.model_type in NUMBERED_AFTER_PADDING and self.max_position_embeddings <= self.pad_token_id + 1:
+            raise bad("max_position_embeddings", f"more than pad_token_id + 1 = {self.pad_token_id + 1} "
+                                                 f"({self.model_type} numbers positions after the padding id)")
+        if self.model_type == "mpnet" and self.relative_attention_num_buckets != 32:
+            # transformers' MPNet buckets relative positions into 32 whatever this field says, so another
+            # value would give a model other than the one the checkpoint was trained as.
+            raise bad("relative_attention_num_buckets", "32 (MPNet's bucketing is fixed at 32)")
 
     @property
     def max_length(self) -> int:
-        """Longest input the position table allows (RoBERTa's positions start after padding_idx)."""
-        if self.model_type == "roberta":
+        """Longest input the position table allows (RoBERTa and MPNet number positions after padding_idx)."""
+        if self.model_type in NUMBERED_AFTER_PADDING:
             return self.max_position_embeddings - self.pad_token_id - 1
         return self.max_position_embeddings
+
+
+MODEL_TYPES = ("bert", "roberta", "mpnet")
+# Model types whose position ids start at pad_token_id + 1 and skip padding (RoBERTa's scheme; MPNet's too).
+NUMBERED_AFTER_PADDING = ("roberta", "mpnet")
+# What JSON type each field must have (the annotations are strings under `from __future__ import annotations`).
+FIELD_TYPES = {f.name: int if f.type == "int" else float if f.type.startswith("float") else str
+               for f in fields(ModelConfig)}
 
 
 ACTIVATIONS = {
@@ -120,31 +166,53 @@ ACTIVATIONS = {
 # --------------------------------------------------------------------------------------------------
 
 class Embeddings(nn.Module):
-    """E: word + position + token-type embeddings, then LayerNorm and dropout."""
+    """E: word + position (+ token-type) embeddings, then LayerNorm and dropout. MPNet has no token-type
+    table: its pairs are told apart by the </s></s> between them alone."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.is_roberta = config.model_type == "roberta"
+        self.numbered_after_padding = config.model_type in NUMBERED_AFTER_PADDING
         self.pad_token_id = config.pad_token_id
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
                                             padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
-                                                padding_idx=config.pad_token_id if self.is_roberta else None)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                                padding_idx=config.pad_token_id if self.numbered_after_padding
+                                                else None)
+        self.token_type_embeddings = (None if config.model_type == "mpnet" else
+                                      nn.Embedding(config.type_vocab_size, config.hidden_size))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        if self.is_roberta:
-            # RoBERTa numbers real tokens from padding_idx + 1 and gives padding the padding_idx row,
-            # so a sequence's positions do not depend on how much padding follows it.
+        if self.numbered_after_padding:
+            # RoBERTa (and MPNet) number real tokens from padding_idx + 1 and give padding the padding_idx
+            # row, so a sequence's positions do not depend on how much padding follows it.
             not_pad = input_ids.ne(self.pad_token_id).long()
             position_ids = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id  # (B, T)
         else:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, T)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
+
+
+def relative_position_buckets(length: int, num_buckets: int = 32, max_distance: int = 128,
+                              device: torch.device | None = None) -> torch.Tensor:
+    """MPNet's bucket for every (query i, key j) pair of a length-T input, T5's bidirectional scheme (Raffel
+    et al. 2020): half the buckets for keys after the query, half for keys at or before it; in each half the
+    distances below a quarter of the buckets get one bucket each, longer ones share log-spaced buckets,
+    and every distance from max_distance on shares the last one. Returns (T, T) int64."""
+    position = torch.arange(length, device=device)
+    distance = position[:, None] - position[None, :]  # (T, T): i - j, negative for a key after the query
+    half = num_buckets // 2
+    exact = half // 2
+    after = (distance < 0).long() * half
+    distance = distance.abs()
+    # clamp(min=1): log(0) is -inf, and its bucket is taken from the exact branch anyway
+    spaced = exact + (torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact)
+                      * (half - exact)).long()
+    return after + torch.where(distance < exact, distance, spaced.clamp(max=half - 1))
 
 
 class SelfAttention(nn.Module):
@@ -158,11 +226,15 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """mask: boolean (B, 1, 1, T), True = may attend; or MPNet's additive float (B, heads, T, T), its
+        position bias with -inf at padding keys."""
         B, T, C = x.shape
         head_dim = C // self.num_heads
         q = self.query(x).view(B, T, self.num_heads, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
         k = self.key(x).view(B, T, self.num_heads, head_dim).transpose(1, 2)    # (B, heads, T, head_dim)
         v = self.value(x).view(B, T, self.num_heads, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)  # SDPA wants an additive mask in the queries' dtype (bf16 under autocast)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
         return y.transpose(1, 2).reshape(B, T, C)  # (B, T, hidden)
@@ -220,9 +292,26 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The blocks; for MPNet also its relative position bias (Song et al. 2020): one table of
+    (buckets, heads) shared by every block, added to the attention scores."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.layer = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets,
+                                                     config.num_attention_heads)
+                                        if config.model_type == "mpnet" else None)
+
+    def attention_mask(self, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """What every block's attention takes: SDPA's boolean mask (B, 1, 1, T), True = may attend, padding
+        keys masked for every query; with a position bias, the additive float (B, heads, T, T) instead."""
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if self.relative_attention_bias is None:
+            return mask
+        buckets = relative_position_buckets(length, self.relative_attention_bias.num_embeddings,
+                                            device=self.relative_attention_bias.weight.device)
+        bias = self.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # (1, heads, T, T)
+        return bias if mask is None else bias.masked_fill(~mask, float("-inf"))  # (B, heads, T, T)
 
 
 class Pooler(nn.Module):
@@ -237,7 +326,7 @@ class Pooler(nn.Module):
 
 
 class RobertaClassificationHead(nn.Module):
-    """RoBERTa's sequence head on <s>: dropout, dense, tanh, dropout, out_proj (no pooler)."""
+    """RoBERTa's (and MPNet's) sequence head on <s>: dropout, dense, tanh, dropout, out_proj (no pooler)."""
 
     def __init__(self, config: ModelConfig, num_labels: int, dropout: float):
         super().__init__()
@@ -315,8 +404,7 @@ class Transformer(nn.Module):
                              f"{self.config.max_length} positions")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        # SDPA's boolean mask: True = may attend. Padding keys are masked for every query.
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        mask = self.encoder.attention_mask(attention_mask, input_ids.shape[1])
         x = self.embeddings(input_ids, token_type_ids)
         for block in self.encoder.layer:
             x = block(x, mask)
@@ -333,7 +421,9 @@ class Transformer(nn.Module):
 def part_of(name: str) -> tuple[str, int | None]:
     """Which part of M = E ∘ B_1 … B_L ∘ H a parameter belongs to: ("embeddings", None),
     ("block", i) with i the 0-based module index, or ("head", None)."""
-    if name.startswith("embeddings."):
+    if name.startswith(("embeddings.", "encoder.relative_attention_bias.")):
+        # MPNet's position bias is position information that every block reads, computed once before
+        # block 1 as E's position table is, so it is E's: it trains whenever E does.
         return "embeddings", None
     match = re.match(r"encoder\.layer\.(\d+)\.", name)
     if match:
@@ -355,24 +445,43 @@ HEAD_MODULES = ("pooler", "classifier", "qa_outputs")
 # A key matching a "drop" rule is left out (with a note); a "rename" rule rewrites the pattern.
 CHECKPOINT_KEY_RULES: list[tuple[str, str, str]] = [
     # (action, regex, replacement)
-    ("rename", r"^(bert|roberta)\.", ""),                  # BertModel / RobertaModel live under a prefix
+    ("rename", r"^(bert|roberta|mpnet)\.", ""),            # the base model lives under a prefix
     ("rename", r"LayerNorm\.gamma$", "LayerNorm.weight"),  # TF-era BERT checkpoints (bert-base-uncased)
     ("rename", r"LayerNorm\.beta$", "LayerNorm.bias"),
     ("drop", r"^embeddings\.position_ids$", ""),           # buffers that older transformers saved
     ("drop", r"^embeddings\.token_type_ids$", ""),
     ("drop", r"^cls\.", ""),                               # BERT pre-training heads (MLM + NSP)
-    ("drop", r"^lm_head\.", ""),                           # RoBERTa's MLM head
+    ("drop", r"^lm_head\.", ""),                           # RoBERTa's and MPNet's MLM head
 ]
 
+# Per model type, the checkpoint's name for a piece of a block against ours (BERT's), as (theirs, ours)
+# fragments. One table for both directions: loading maps theirs to ours, export.py ours back to theirs.
+SUBLAYER_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "mpnet": ((".attention.attn.q.", ".attention.self.query."),
+              (".attention.attn.k.", ".attention.self.key."),
+              (".attention.attn.v.", ".attention.self.value."),
+              (".attention.attn.o.", ".attention.output.dense."),       # the output projection
+              (".attention.LayerNorm.", ".attention.output.LayerNorm.")),
+}
 
-def map_checkpoint_key(key: str) -> str | None:
+
+def map_checkpoint_key(key: str, model_type: str = "bert") -> str | None:
     """Our name for a checkpoint key, or None when the key is dropped."""
     for action, pattern, replacement in CHECKPOINT_KEY_RULES:
         if action == "drop" and re.search(pattern, key):
             return None
         if action == "rename":
             key = re.sub(pattern, replacement, key)
+    for theirs, ours in SUBLAYER_NAMES.get(model_type, ()):
+        key = key.replace(theirs, ours)
     return key
+
+
+def checkpoint_name(name: str, model_type: str) -> str:
+    """The checkpoint's name (without the base model's prefix) for one of our parameter names."""
+    for theirs, ours in SUBLAYER_NAMES.get(model_type, ()):
+        name = name.replace(ours, theirs)
+    return name
 
 
 class CheckpointError(ValueError):
@@ -414,7 +523,7 @@ def load_checkpoint_into(model: Transformer, files: list[Path]) -> None:
             raise CheckpointError(f"{file}: weight file listed by the checkpoint is missing")
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                ours = map_checkpoint_key(key)
+                ours = map_checkpoint_key(key, model.config.model_type)
                 if ours is None:
                     dropped.append(key)
                     continue
@@ -703,6 +812,22 @@ class Tokenizer:
         return self.backend.get_vocab_size()
 
 
+# Which tokenizer files serve which model type, in order of preference, and its default special tokens
+# (pad, cls, sep) where tokenizer_config.json names none: the one place that says which tokenizer a model
+# gets. tokenizer.json carries its own pair template; the fallbacks get theirs here: BERT's
+# [CLS] A [SEP] B [SEP] (with segment ids), RoBERTa's and MPNet's <s> A </s></s> B </s>.
+TOKENIZER_SOURCES: dict[str, tuple[str, ...]] = {
+    "bert": ("tokenizer.json", "vocab.txt"),
+    "roberta": ("tokenizer.json", "vocab.json + merges.txt"),
+    "mpnet": ("tokenizer.json", "vocab.txt"),  # WordPiece vocabulary, RoBERTa's pair template
+}
+SPECIAL_TOKENS: dict[str, tuple[str, str, str]] = {
+    "bert": ("[PAD]", "[CLS]", "[SEP]"),
+    "roberta": ("<pad>", "<s>", "</s>"),
+    "mpnet": ("<pad>", "<s>", "</s>"),
+}
+
+
 def _special_token(tokenizer_config: dict, key: str, default: str) -> str:
     value = tokenizer_config.get(key, default)
     if isinstance(value, dict):  # older files store AddedToken objects
@@ -710,57 +835,79 @@ def _special_token(tokenizer_config: dict, key: str, default: str) -> str:
     return value
 
 
-def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """tokenizer.json when present; else vocab.txt (BERT WordPiece) or vocab.json + merges.txt
-    (RoBERTa byte-level BPE), with special tokens from tokenizer_config.json."""
-    from tokenizers import Tokenizer as BackendTokenizer
+def _files_present(folder: Path, source: str) -> bool:
+    return all((folder / name).is_file() for name in source.split(" + "))
+
+
+def _fallback_tokenizer(folder: Path, source: str, model_type: str, tokenizer_config: dict, specials: dict):
+    """A tokenizer built from vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE), with the
+    model type's pair template."""
     from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
 
-    folder = resolve_checkpoint(name_or_path)
-    config = ModelConfig.from_json(folder / "config.json")
-    tokenizer_config: dict = {}
-    if (folder / "tokenizer_config.json").is_file():
-        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    roberta = config.model_type == "roberta"
-    pad = _special_token(tokenizer_config, "pad_token", "<pad>" if roberta else "[PAD]")
-    cls = _special_token(tokenizer_config, "cls_token", "<s>" if roberta else "[CLS]")
-
-    if (folder / "tokenizer.json").is_file():
-        backend = BackendTokenizer.from_file(str(folder / "tokenizer.json"))
-        source = "tokenizer.json"
-    elif (folder / "vocab.txt").is_file():
+    if source == "vocab.txt":
         if "do_lower_case" in tokenizer_config:
             lowercase = bool(tokenizer_config["do_lower_case"])
         else:
             lowercase = True
             log.info("%s: tokenizer_config.json does not say do_lower_case; lower-casing, as BERT's "
                      "tokenizer does by default", folder)
-        backend = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=lowercase,
-                                         strip_accents=tokenizer_config.get("strip_accents"))
-        source = "vocab.txt"
-    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        backend = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                                        add_prefix_space=bool(tokenizer_config.get("add_prefix_space", False)),
-                                        trim_offsets=True)
-        sep = _special_token(tokenizer_config, "sep_token", "</s>")
-        for token in (sep, cls):
-            if backend.token_to_id(token) is None:
-                raise ValueError(f"{folder / 'vocab.json'}: special token {token!r} is not in the vocabulary")
-        # <s> A </s></s> B </s>, as RoBERTa was pre-trained.
-        backend.post_processor = RobertaProcessing((sep, backend.token_to_id(sep)),
-                                                   (cls, backend.token_to_id(cls)), trim_offsets=True,
-                                                   add_prefix_space=bool(tokenizer_config.get("add_prefix_space", False)))
-        source = "vocab.json + merges.txt"
+        try:
+            backend = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=lowercase,
+                                             strip_accents=tokenizer_config.get("strip_accents"),
+                                             unk_token=_special_token(tokenizer_config, "unk_token", "[UNK]"),
+                                             cls_token=specials["cls"], sep_token=specials["sep"],
+                                             pad_token=specials["pad"])
+        except TypeError as error:  # the wrapper's way of saying a special token is not in the vocabulary
+            raise ValueError(f"{folder / 'vocab.txt'}: {error}") from None
+        add_prefix_space = False
     else:
-        raise FileNotFoundError(f"{folder}: no tokenizer files; expected tokenizer.json, vocab.txt (BERT), "
-                                "or vocab.json + merges.txt (RoBERTa)")
+        add_prefix_space = bool(tokenizer_config.get("add_prefix_space", False))
+        backend = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                        add_prefix_space=add_prefix_space, trim_offsets=True)
+    if model_type != "bert":
+        for token in (specials["sep"], specials["cls"]):
+            if backend.token_to_id(token) is None:
+                raise ValueError(f"{folder}: special token {token!r} is not in the vocabulary ({source})")
+        # <s> A </s></s> B </s>, as RoBERTa and MPNet were pre-trained.
+        backend.post_processor = RobertaProcessing((specials["sep"], backend.token_to_id(specials["sep"])),
+                                                   (specials["cls"], backend.token_to_id(specials["cls"])),
+                                                   trim_offsets=True, add_prefix_space=add_prefix_space)
     # The ByteLevelBPETokenizer / BertWordPieceTokenizer wrappers expose the underlying Tokenizer.
-    backend = getattr(backend, "_tokenizer", backend)
-    pad_id, cls_id = backend.token_to_id(pad), backend.token_to_id(cls)
+    return backend._tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """The first of the model type's TOKENIZER_SOURCES that the folder has, with special tokens from
+    tokenizer_config.json."""
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    folder = resolve_checkpoint(name_or_path)
+    config = ModelConfig.from_json(folder / "config.json")
+    tokenizer_config: dict = {}
+    if (folder / "tokenizer_config.json").is_file():
+        try:
+            tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{folder / 'tokenizer_config.json'}: not valid JSON ({error})") from None
+    defaults = dict(zip(("pad", "cls", "sep"), SPECIAL_TOKENS[config.model_type]))
+    specials = {key: _special_token(tokenizer_config, f"{key}_token", default) for key, default in defaults.items()}
+    sources = TOKENIZER_SOURCES[config.model_type]
+    source = next((s for s in sources if _files_present(folder, s)), None)
+    if source is None:
+        raise FileNotFoundError(f"{folder}: no tokenizer files; a {config.model_type} model needs "
+                                + " or ".join(sources))
+    if source == "tokenizer.json":
+        try:
+            backend = BackendTokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as error:  # the Rust side raises a plain Exception for a malformed file
+            raise ValueError(f"{folder / 'tokenizer.json'}: not a tokenizers file ({error})") from None
+    else:
+        backend = _fallback_tokenizer(folder, source, config.model_type, tokenizer_config, specials)
+    pad_id, cls_id = backend.token_to_id(specials["pad"]), backend.token_to_id(specials["cls"])
     if pad_id is None or cls_id is None:
-        raise ValueError(f"{folder}: tokenizer ({source}) has no id for {pad!r} or {cls!r}")
+        raise ValueError(f"{folder}: tokenizer ({source}) has no id for {specials['pad']!r} or {specials['cls']!r}")
     if pad_id != config.pad_token_id:
-        raise ValueError(f"{folder}: tokenizer's {pad!r} has id {pad_id} but config.json says "
+        raise ValueError(f"{folder}: tokenizer's {specials['pad']!r} has id {pad_id} but config.json says "
                          f"pad_token_id {config.pad_token_id}; they must agree")
     return Tokenizer(backend, pad_token_id=pad_id, cls_token_id=cls_id, source=f"{folder / source}")
