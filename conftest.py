@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# The time limit of a test's child process: long enough for any machine, however loaded (a 2-core machine
+# training in the background takes minutes for what an idle one does in seconds), so it catches a hang only.
+HANG = 1800
+
 
 def shared_data_dir() -> Path:
     """The team's real data: $PROGTUNING_DATA, else ../shared/data next to the checkout."""

@@ -658,6 +658,14 @@ class SquadDownloadError(RuntimeError):
     pass
 
 
+def task_head(task: str) -> tuple[str, int | None]:
+    """The task head H a task trains (model.Transformer's `head`, `num_labels`): SQuAD's span head, or a
+    sequence classifier with the GLUE task's labels (1: STS-B's regression)."""
+    if task in SQUAD_VERSIONS:
+        return "span", None
+    return "classification", glue_task(task).num_labels
+
+
 def squad_task_version(task: str) -> str:
     if task not in SQUAD_VERSIONS:
         raise ValueError(f"Unknown SQuAD task {task!r}; expected one of {', '.join(SQUAD_VERSIONS)} "

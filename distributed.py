@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from model import part_of
+
 ENV_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # How gloo and NCCL word a collective that failed because a peer died or hung (they raise RuntimeError).
 COMMUNICATION_FAILURE = re.compile(r"gloo|nccl|connection|timed out|timeout|peer", re.IGNORECASE)
@@ -175,19 +177,19 @@ def _device_of(world: World) -> torch.device:
     return torch.device(f"cuda:{world.local_rank}") if backend == "nccl" else torch.device("cpu")
 
 
-def step_summary(loss: float, stop_requested: bool, world: World) -> tuple[float, bool]:
-    """The global batch's mean loss (each process holds its scaled share of it) and whether any process
-    was asked to stop (Ctrl-C, SIGTERM): one small all-reduce per step, so every process stops after the
-    same step and rank 0's checkpoint is everybody's."""
+def summed(values: torch.Tensor, world: World) -> torch.Tensor:
+    """`values` (a float64 tensor) summed over the processes: one small all-reduce, at the training loop's
+    log points and epoch ends (training.Progress), where the processes also agree whether to stop, so that
+    every process stops after the same step and rank 0's checkpoint is everybody's."""
     if not world.distributed:
-        return loss, stop_requested
-    values = torch.tensor([loss, float(stop_requested)], dtype=torch.float64, device=_device_of(world))
+        return values
+    values = values.to(_device_of(world), copy=True)
     dist.all_reduce(values)
-    return values[0].item() / world.size, values[1].item() > 0
+    return values
 
 
 def any_of(flag: bool, world: World) -> bool:
-    return step_summary(0.0, flag, world)[1]
+    return summed(torch.tensor([float(flag)], dtype=torch.float64), world).item() > 0
 
 
 def sum_tensors(tensors: list[torch.Tensor], world: World) -> None:
@@ -206,12 +208,21 @@ def gather(obj, world: World) -> list:
     return gathered
 
 
-def part_digests(model: nn.Module, parts: dict[str, list[str]]) -> dict[str, str]:
+def model_parts(model: nn.Module) -> dict[str, list[str]]:
+    """Parameter names per part, in the paper's terms: E, blocks 1..L, H."""
+    parts: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        part, block = part_of(name)
+        parts.setdefault(f"block {block + 1}" if part == "block" else part[0].upper(), []).append(name)
+    return parts
+
+
+def part_digests(model: nn.Module) -> dict[str, str]:
     """SHA-256 (first 16 hex digits) of each part's parameter bytes, to prove bitwise what stayed frozen
     and that the processes hold the same weights."""
     params = dict(model.named_parameters())
     digests = {}
-    for part, names in parts.items():
+    for part, names in model_parts(model).items():
         digest = hashlib.sha256()
         for name in names:
             digest.update(params[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -219,10 +230,10 @@ def part_digests(model: nn.Module, parts: dict[str, list[str]]) -> dict[str, str
     return digests
 
 
-def agreed_digests(model: nn.Module, parts: dict[str, list[str]], world: World) -> dict[str, str]:
+def agreed_digests(model: nn.Module, world: World) -> dict[str, str]:
     """part_digests, checked equal on every process: DDP keeps replicas identical only if every process
     applied the same updates, which a bug in sharding or in a stage switch would break."""
-    digests = part_digests(model, parts)
+    digests = part_digests(model)
     for rank, theirs in enumerate(gather(digests, world)):
         differing = [part for part in digests if theirs[part] != digests[part]]
         if differing:

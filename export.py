@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import data
 import records
-from model import TOKENIZER_FILES, Transformer, checkpoint_name, part_of, resolve_checkpoint
+import sparse
+from model import Transformer, checkpoint_name, part_of, resolve_checkpoint, write_model_folder
 from progtuning import LoRALinear
+from recipe import Settings, build_model
 
 ARCHITECTURES = {("bert", "classification"): "BertForSequenceClassification",
                  ("roberta", "classification"): "RobertaForSequenceClassification",
@@ -91,10 +91,6 @@ def export_model(model: Transformer, settings, dest: Path, overwrite: bool = Fal
         raise ValueError("an adapter run cannot be exported to the Hugging Face layout: a plain BERT/RoBERTa "
                          "has no adapter layers, so its weights would lose what was trained. Keep using "
                          "run.py's checkpoint (or trained.safetensors) with this project")
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
-        raise FileExistsError(f"{dest} exists and is not empty; pass --overwrite to replace it, or export to "
-                              "another folder")
     base = resolve_checkpoint(settings.model)
     loras = [m for m in model.modules() if isinstance(m, LoRALinear)]
     for lora in loras:  # explicit merge for the export, undone below: the training model stays unmerged
@@ -104,27 +100,11 @@ def export_model(model: Transformer, settings, dest: Path, overwrite: bool = Fal
     finally:
         for lora in loras:
             lora.unmerge()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
-    try:
-        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(hf_config(model, base, settings), indent=2) + "\n",
-                                             encoding="utf-8")
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copy(base / name, staging / name)
-        if dest.exists():
-            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-        staging.rename(dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest
+    return write_model_folder(Path(dest), state, hf_config(model, base, settings), base, overwrite)
 
 
 def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer, object, int]:
     """The fine-tuned model of one finished seed of a run folder, its settings and the seed."""
-    import run  # run.py imports this module; import it here, not at the top
-
     results_path = run_dir / "results.json"
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path} does not exist; give the --output-dir of a run.py run")
@@ -136,17 +116,16 @@ def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer,
         seed = complete[0]
     elif seed not in complete:
         raise ValueError(f"{results_path}: seed {seed} is not finished (finished: {complete or 'none'})")
-    settings = run.Settings.from_record(record["settings"])
+    settings = Settings.from_record(record["settings"])
     settings.device, settings.compile, settings.random_init = "cpu", False, bool(settings.random_init)
-    model = run.build_model(settings)
+    model = build_model(settings)
     seed_dir = run_dir / f"seed-{seed}"
     checkpoint, trained = seed_dir / "checkpoint.safetensors", seed_dir / "trained.safetensors"
     params = dict(model.named_parameters())
     try:
         if checkpoint.is_file():
             weights = records.checkpoint_tensors(checkpoint, "model/")
-        elif trained.is_file() and settings.method in ("sam", "random", "magnitude"):
-            import sparse
+        elif trained.is_file() and settings.method in sparse.SPARSE_METHODS:
             return sparse.apply_trained(model, trained), settings, seed
         elif trained.is_file():
             weights = load_file(trained)

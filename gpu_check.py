@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 CARRY_LIMIT_MIB = 60  # what may travel with the tree is 64 MiB, the repository included
-GLUE_TASKS = {"RTE": ("train.tsv", "dev.tsv"), "MRPC": ("train.tsv", "dev.tsv")}
+GLUE_TASKS = {"RTE": ("train.tsv", "dev.tsv"), "MRPC": ("train.tsv", "dev.tsv"), "SST-2": ("train.tsv", "dev.tsv")}
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -153,27 +153,40 @@ def bench_section(report: dict | None, title: str) -> list[str]:
 
 
 def run_summary(results: dict) -> dict:
-    """The part of a run.py record worth carrying back: settings, per-epoch metrics, times, compiles."""
+    """The part of a run.py record worth carrying back: settings, per-epoch metrics, times, compiles. An
+    epoch's ms per step leaves out the steps that compiled (counted whole in runs[].compile)."""
     settings = results["settings"]
     run = results["runs"][0] if results.get("runs") else {}
     compiles = run.get("compile", [])
+    steps = run.get("steps_per_epoch")
+    epochs = []
+    for e in run.get("epochs", []):
+        compile_s = sum(c["seconds"] for c in compiles if c["epoch"] == e["epoch"])
+        train_s = e.get("train_seconds")
+        epochs.append({"epoch": e["epoch"], "train_loss": e["train_loss"], "metrics": e["metrics"],
+                       "wall_seconds": e["wall_seconds"], "train_seconds": train_s, "compile_seconds": compile_s,
+                       "ms_per_step": 1000 * (train_s - compile_s) / steps if train_s is not None and steps else None})
     return {"task": settings["task"], "mode": settings["mode"], "lr": settings["lr"], "seed": run.get("seed"),
             "device": results["environment"]["device"], "gpu": results["environment"].get("gpu"),
             "torch": results["environment"]["torch"], "autocast": results["environment"].get("autocast"),
             "compile": settings["compile"], "status": run.get("status"), "main_metric": results["main_metric"],
-            "epochs": [{"epoch": e["epoch"], "train_loss": e["train_loss"], "metrics": e["metrics"],
-                        "wall_seconds": e["wall_seconds"]} for e in run.get("epochs", [])],
+            "limit_train": settings.get("limit_train"), "epochs": epochs,
             "final": run.get("final"), "wall_seconds": run.get("wall_seconds"),
-            "steps_per_epoch": run.get("steps_per_epoch"), "compile_stages": compiles,
+            "steps_per_epoch": steps, "compile_stages": compiles,
             "compile_seconds": sum(c["seconds"] for c in compiles), "graphs": sum(c["graphs"] for c in compiles),
             "updated_params": results["updated_params"]}
+
+
+def stage_compile(record: dict) -> str:
+    return f"{record['seconds']:.1f} ({record['graphs']})"
 
 
 def runs_section(runs: list[dict]) -> list[str]:
     if not runs:
         return ["Real runs: none finished (see gpu_check.log)."]
-    lines = ["| task | mode | status | dev per epoch | final | train loss (last) | wall s | compile s | "
-             "graphs / stages |", "|---|---|---|---|---|---:|---:|---:|---|"]
+    lines = ["| task | mode | status | dev per epoch | final | train loss (last) | steps/epoch | ms/step per epoch | "
+             "epoch s (train) | compile s per stage (graphs) | wall s |",
+             "|---|---|---|---|---|---:|---:|---|---|---|---:|"]
     for r in runs:
         metric = r["main_metric"]
         per_epoch = " / ".join(fmt(next(iter(e["metrics"].values())).get(metric)) for e in r["epochs"])
@@ -182,12 +195,16 @@ def runs_section(runs: list[dict]) -> list[str]:
                           for name, values in (r["final"] or {}).items())
         lines.append(f"| {r['task']} | {r['mode']} | {r['status']} | {per_epoch} | {final or '–'} | "
                      f"{fmt(r['epochs'][-1]['train_loss'] if r['epochs'] else None, '.4f')} | "
-                     f"{fmt(r['wall_seconds'], '.0f')} | {fmt(r['compile_seconds'], '.0f')} | "
-                     f"{r['graphs']} / {len(r['compile_stages'])} |")
+                     f"{fmt(r['steps_per_epoch'], 'd')} | "
+                     f"{' / '.join(fmt(e['ms_per_step']) for e in r['epochs'])} | "
+                     f"{' / '.join(fmt(e['train_seconds']) for e in r['epochs'])} | "
+                     f"{' / '.join(stage_compile(c) for c in r['compile_stages']) or '–'} | "
+                     f"{fmt(r['wall_seconds'], '.0f')} |")
     first = runs[0]
     lines += ["", f"Runs: {first['gpu'] or first['device']}, torch {first['torch']}, autocast {first['autocast']}, "
-                  f"compile {first['compile']}, lr {first['lr']}, seed {first['seed']}; wall s includes compile "
-                  "and the three dev evaluations."]
+                  f"compile {first['compile']}, lr {first['lr']}, seed {first['seed']}; ms/step leaves out the steps "
+                  "that compiled; epoch s is the training part of an epoch, wall s the whole run with the dev "
+                  "evaluations."]
     return lines
 
 
@@ -197,7 +214,8 @@ def summary(out: Path, runs_dir: Path, phases_file: Path) -> int:
         results = read_json(path)
         if results is not None and results.get("runs"):
             runs.append(run_summary(results))
-    order = {("rte", "ft"): 0, ("rte", "pt"): 1, ("mrpc", "ft"): 2, ("mrpc", "pt"): 3}
+    order = {("rte", "ft"): 0, ("rte", "pt"): 1, ("mrpc", "ft"): 2, ("mrpc", "pt"): 3, ("sst2", "ft"): 4,
+             ("sst2", "pt"): 5}
     runs.sort(key=lambda r: order.get((r["task"], r["mode"]), 9))
     (out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
 

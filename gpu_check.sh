@@ -6,10 +6,11 @@
 #      fp16 + GradScaler, checkpoints that resume on the CPU (test_cuda.py);
 #   3. bench.py on a BERT-base shape, batch 32 x 128, bf16 + compile: ft and each pt stage, with E training
 #      and with E frozen, the transformers reference, peak memory, model FLOPs utilisation (MFU);
-#   4. real MiniLM fine-tuning on the full RTE and MRPC training sets, ft and pt, 3 epochs, compile + bf16;
+#   4. real MiniLM fine-tuning on the full RTE and MRPC training sets and 4,000 SST-2 rows, ft and pt, 3 epochs,
+#      compile + bf16: ms per step, epoch time and compile seconds per stage;
 #   5. the summary table, printed last (gpu_check.py summary).
 #
-#   bash gpu_check.sh --prepare              # on the CPU machine, first: MiniLM (fp16) + RTE, MRPC -> .gpu_carry/
+#   bash gpu_check.sh --prepare              # on the CPU machine, first: MiniLM (fp16) + RTE, MRPC, SST-2 -> .gpu_carry/
 #   bash gpu_check.sh --out DIR              # on the GPU machine, with .gpu_carry/ carried along
 #   bash gpu_check.sh --dry-run --out DIR    # the same phases on the CPU at toy sizes (CI runs this)
 #
@@ -41,11 +42,16 @@ if [ "$PREPARE" = 1 ]; then
     exec "$PY" gpu_check.py prepare --carry "$CARRY"
 fi
 [ -n "$OUT" ] || { echo "error: --out DIR is required (where the results go); $usage" >&2; exit 2; }
+case "$BUDGET" in  # checked before anything is written
+    "") BUDGET=$([ "$DRY" = 1 ] && echo 2400 || echo 560) ;;
+    *[!0-9]*) echo "error: --budget must be whole seconds, got $BUDGET" >&2; exit 2 ;;
+esac
 if [ "$DRY" = 1 ] && [ ! -f "$CARRY/minilm-fp16/model.safetensors" ]; then
     "$PY" gpu_check.py prepare --carry "$CARRY" || exit 2
 fi
-if [ ! -f "$CARRY/minilm-fp16/model.safetensors" ] || [ ! -d "$CARRY/glue/RTE" ] || [ ! -d "$CARRY/glue/MRPC" ]; then
-    echo "error: $CARRY lacks minilm-fp16/ or glue/RTE, glue/MRPC; run 'bash gpu_check.sh --prepare' on the" \
+if [ ! -f "$CARRY/minilm-fp16/model.safetensors" ] || [ ! -d "$CARRY/glue/RTE" ] || [ ! -d "$CARRY/glue/MRPC" ] \
+        || { [ "$DRY" = 0 ] && [ ! -d "$CARRY/glue/SST-2" ]; }; then
+    echo "error: $CARRY lacks minilm-fp16/ or glue/RTE, MRPC, SST-2; run 'bash gpu_check.sh --prepare' on the" \
          "CPU machine first and carry that folder along" >&2
     exit 2
 fi
@@ -53,10 +59,6 @@ if [ "$DRY" = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_
     echo "error: no CUDA device visible to $PY's torch; on a machine without a GPU use --dry-run" >&2
     exit 2
 fi
-case "$BUDGET" in
-    "") BUDGET=$([ "$DRY" = 1 ] && echo 2400 || echo 560) ;;
-    *[!0-9]*) echo "error: --budget must be whole seconds, got $BUDGET" >&2; exit 2 ;;
-esac
 mkdir -p "$OUT" || { echo "error: cannot create --out $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
 WORK=${WORK:-$(mktemp -d)}
@@ -82,7 +84,7 @@ else
     # 5 + 30 steps: a 2 + 10 median moved by up to 80% between two leases; 25 more steps cost about 1 s a case
     BENCH=(--device cuda --config bert-base --batch-size 32 --seq-len 128 --warmup 5 --steps 30)
     RUN=()  # run.py's CUDA defaults: torch.compile (inductor) and bf16 autocast
-    TASKS="rte mrpc"
+    TASKS="rte mrpc sst2"
 fi
 CASES="ft,pt stage 1,pt stage 2,pt stage 3"
 STARTED=$SECONDS
@@ -122,10 +124,12 @@ transformers.__version__, '| safetensors', safetensors.__version__, '| tokenizer
     phase bench-frozen 120 "$PY" bench.py "${BENCH[@]}" --methods full --cases "$CASES" --no-reference \
         --freeze-embeddings --json-out "$OUT/bench-frozen.json"
     for task in $TASKS; do
+        # SST-2: its first 4,000 training rows (125 steps of 32 an epoch), where MiniLM's step time shows
+        limit=(); [ "$task" = sst2 ] && limit=(--limit-train 4000)
         for mode in ft pt; do
             phase "run-$task-$mode" 120 "$PY" run.py --task "$task" --mode "$mode" --model "$CARRY/minilm-fp16" \
                 --data-dir "$CARRY/glue" --lr 5e-5 --seeds 1 --log-every 1000 --overwrite \
-                --output-dir "$WORK/runs/$task-$mode" "${RUN[@]}"
+                --output-dir "$WORK/runs/$task-$mode" "${limit[@]}" "${RUN[@]}"
         done
     done
     echo "=== summary (after $((SECONDS - STARTED)) s)"

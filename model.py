@@ -26,6 +26,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import MISSING, dataclass, fields
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 log = logging.getLogger("progtuning")
@@ -538,13 +541,15 @@ def load_checkpoint_into(model: Transformer, files: list[Path]) -> None:
     missing_head = [k for k in missing if k.split(".", 1)[0] in HEAD_MODULES]
     missing_encoder = [k for k in missing if k not in missing_head]
     unexpected = [tensors[k][1] for k in tensors if k not in own]
-    shape_errors = []
+    shape_errors, dtype_errors = [], []
     for ours, (file, key) in tensors.items():
         if ours in own:
             with safe_open(str(file), framework="pt") as f:
-                shape = tuple(f.get_slice(key).get_shape())
+                shape, dtype = tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()
             if shape != tuple(own[ours].shape):
                 shape_errors.append(f"{key}: checkpoint {shape}, model {tuple(own[ours].shape)}")
+            if not dtype.startswith(("F", "BF")):  # F64/F32/F16/BF16: copy_ converts; an integer weight is wrong
+                dtype_errors.append(f"{key} is {dtype}")
     where = files[0].parent
     problems = []
     if missing_encoder:
@@ -553,6 +558,8 @@ def load_checkpoint_into(model: Transformer, files: list[Path]) -> None:
         problems.append(f"unexpected key(s) {unexpected}")
     if shape_errors:
         problems.append("shape mismatch: " + "; ".join(shape_errors))
+    if dtype_errors:
+        problems.append("not floating point, so not a trained weight: " + "; ".join(dtype_errors))
     if problems:
         raise CheckpointError(f"{where}: checkpoint does not fit a {model.config.model_type} model with "
                               f"{model.config.num_hidden_layers} blocks and head={model.head!r}: "
@@ -626,6 +633,34 @@ def replace_durably(temp: Path, path: Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def write_model_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dict, base: Path,
+                       overwrite: bool = False) -> Path:
+    """A Hugging Face model folder -- model.safetensors, config.json and the base model's tokenizer files --
+    written next to `dest` under a temporary name and renamed into place, so a crash leaves no half folder.
+    A `dest` that exists and is not empty is replaced only with overwrite (FileExistsError otherwise)."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
+        raise FileExistsError(f"{dest} exists and is not empty; pass --overwrite to replace it, or write to "
+                              "another folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed folder
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        for name in TOKENIZER_FILES:
+            if (base / name).is_file():
+                shutil.copy(base / name, staging / name)
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 OFFLINE_VARIABLES = ("PROGTUNING_OFFLINE", "HF_HUB_OFFLINE")

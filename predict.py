@@ -30,14 +30,16 @@ import torch
 
 import data
 import export
+from evaluation import predict
 from model import from_pretrained, load_tokenizer
+from recipe import Settings
 
 
 def read_inputs(path: Path, task: str) -> list[data.Example]:
     """The examples of a .tsv or .jsonl input file (module docstring), or ValueError naming file and line."""
     spec = data.glue_task(task)
     pair = spec.text_b_column is not None
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = _text_lines(path)
     if not lines:
         raise ValueError(f"{path} is empty; expected one example per line")
     examples = []
@@ -69,6 +71,8 @@ def read_inputs(path: Path, task: str) -> list[data.Example]:
     elif not spec.header_names and len(first) in spec.column_counts:
         columns, width = (spec.text_a_column, None), len(first)  # CoLA's header-less GLUE layout
     for number, line in enumerate(lines[start - 1:], start=start):
+        if not line.strip():
+            continue  # a blank line (a trailing newline too many, say) holds no example
         fields = line.split("\t")
         if len(fields) != width:
             raise ValueError(f"{path}:{number}: expected {width} tab-separated field(s), found {len(fields)}")
@@ -77,10 +81,23 @@ def read_inputs(path: Path, task: str) -> list[data.Example]:
     return examples
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines as UTF-8 text; a byte that is not UTF-8 is named with its line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        for number, line in enumerate(raw.split(b"\n"), start=1):
+            try:
+                line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column "
+                                 f"{error.start + 1}); save the file as UTF-8") from None
+        raise
+
+
 def load_model(folder: Path, task: str, seed: int | None):
     """(model, tokenizer folder, max length, eval batch size) from an export or a run folder."""
-    import run
-
     if (folder / "results.json").is_file():
         model, settings, _ = export.load_run_model(folder, seed)
         if settings.task != task:
@@ -96,12 +113,10 @@ def load_model(folder: Path, task: str, seed: int | None):
         raise ValueError(f"{folder} was trained on {made['task']}, not {task}")
     spec = data.glue_task(task)
     model = from_pretrained(folder, head="classification", num_labels=spec.num_labels)
-    return model, folder, made["max_length"], run.Settings.eval_batch_size
+    return model, folder, made["max_length"], Settings.eval_batch_size
 
 
 def main(argv: list[str] | None = None) -> None:
-    import run
-
     p = argparse.ArgumentParser(description="Predict GLUE labels with a fine-tuned model (an export or a run)")
     p.add_argument("--model", required=True, help="export.py's folder, or a run.py --output-dir")
     p.add_argument("--task", required=True, choices=list(data.GLUE_TASKS))
@@ -110,12 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, help="run folder: which seed's model (default: the first finished)")
     args = p.parse_args(argv)
     try:
+        if args.output and not Path(args.output).resolve().parent.is_dir():
+            raise FileNotFoundError(f"--output {args.output}: the folder {Path(args.output).resolve().parent} "
+                                    "does not exist; create it first, or write elsewhere")
         examples = read_inputs(Path(args.input), args.task)
         model, tokenizer_source, max_length, batch_size = load_model(Path(args.model), args.task, args.seed)
         tokenizer = load_tokenizer(tokenizer_source)
         spec = data.glue_task(args.task)
         encoded = data.encode_glue(examples, tokenizer, max_length, spec.is_regression)
-        settings = run.Settings(task=args.task, max_length=max_length, eval_batch_size=batch_size, device="cpu")
+        settings = Settings(task=args.task, max_length=max_length, eval_batch_size=batch_size, device="cpu")
         started = last = time.perf_counter()
 
         def progress(done: int, rows: int) -> None:
@@ -124,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 last = time.perf_counter()
                 print(f"{done:,} of {rows:,} examples", file=sys.stderr, flush=True)
 
-        outputs = np.stack(run.predict(settings, model, encoded, tokenizer.pad_token_id, progress))
+        outputs = np.stack(predict(settings, model, encoded, tokenizer.pad_token_id, progress))
         print(f"{len(examples)} examples in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         if spec.is_regression:
             lines = ["index\tprediction"] + [f"{i}\t{float(o[0]):.6f}" for i, o in enumerate(outputs)]

@@ -7,6 +7,7 @@ Reading order:
   summarize                                          mean ± sample std over the finished seeds
   save_checkpoint, load_checkpoint, checkpoint_meta  one safetensors file per seed (never a pickle): trainable
                                                      weights, AdamW moments, RNG states, and the position as JSON
+  fingerprint, check_same_data                       the data files a record was made from, checked on --resume
   block_numbers, upgrade_run                         the format's versions (blocks count from 1 since version 2)
 
 Under torchrun only rank 0 writes; save_checkpoint is a collective that every process calls.
@@ -14,6 +15,7 @@ Under torchrun only rank 0 writes; save_checkpoint is a collective that every pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -153,8 +155,8 @@ def load_checkpoint(path: Path, meta: dict, model: nn.Module, optimizer: torch.o
         for name in names:
             state = {key.rsplit("/", 1)[1]: file.get_tensor(key).to(params[name].device)
                      for key in keys if key.startswith(f"optim/{name}/")}
-            if state:
-                state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU
+            if state and not optimizer.defaults.get("fused"):
+                state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU; fused, on the device
                 optimizer.state[params[name]] = state
     restore_rng(path)
     if scaler is not None and meta.get("scaler"):
@@ -195,6 +197,26 @@ def checkpoint_meta(path: Path) -> dict:
     except (SafetensorError, KeyError, TypeError, json.JSONDecodeError) as error:
         raise SystemExit(f"error: {path} is not a checkpoint run.py wrote, or it was cut short "
                          f"({type(error).__name__}: {error}); start this seed over with --overwrite") from None
+
+
+def fingerprint(paths: list[Path]) -> dict:
+    """Size and SHA-256 of each data file, so a --resume can prove it trains and scores the same data."""
+    prints = {}
+    for path in paths:
+        path = Path(path)
+        prints[f"{path.parent.name}/{path.name}"] = {"bytes": path.stat().st_size,
+                                                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return prints
+
+
+def check_same_data(recorded: dict | None, files: dict, where: Path) -> None:
+    """--resume must go on with the data the record was made from (not merely as many rows)."""
+    if recorded is None:
+        return  # a record from before fingerprints were kept
+    differing = sorted(k for k in set(recorded) | set(files) if recorded.get(k) != files.get(k))
+    if differing:
+        raise SystemExit(f"error: --resume reads other data than {where} was made from ({', '.join(differing)} "
+                         "differ in size or content); use the same --data-dir and files, or another --output-dir")
 
 
 def block_numbers(blocks: list[int]) -> list[int]:

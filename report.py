@@ -182,7 +182,39 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
     if version not in READABLE_VERSIONS:
         raise ResultsFormatError(f"{path}: format_version is {version!r}; this report.py reads versions "
                                  f"{', '.join(map(str, READABLE_VERSIONS))}")
+    what = _what_ran(record, path)
+    updated_params = _require(record, "updated_params", path, "", "a number",
+                              "parameter updates summed over epochs")
+    reduction = _require(record, "reduction", path, "", "a number", "the fraction of updates saved")
+    if reduction > 1:
+        raise ResultsFormatError(f"{path}: 'reduction' is {reduction!r}; expected a fraction at most 1 "
+                                 "(0.22 means 22 % fewer updated parameters)")
+    majority_baseline = record.get("majority_baseline") if isinstance(record.get("majority_baseline"), dict) else None
+    if need_baseline:
+        majority_baseline = _require(record, "majority_baseline", path, "",
+                                     "an object", "dev set -> metric -> percent")
 
+    runs = _require(record, "runs", path, "", "a list", "one entry per seed")
+    complete_runs, notes = _complete_runs(runs, path)
+    if not complete_runs:
+        return None, notes + [f"{path}: skipped, no run is complete"]
+    report_names, per_run_finals, per_run_epochs, wall_seconds = _finals(complete_runs, path)
+    scores = _scores(report_names, complete_runs, per_run_finals, majority_baseline, need_baseline, path)
+    if len(complete_runs) == len(runs):
+        notes += _summary_differences(record.get("summary"), scores, path)
+    epoch_scores, blocks_of_epoch = _epoch_curves(path, scores, per_run_epochs)
+    seed_scores, seed_losses = _seed_values(complete_runs, per_run_finals, per_run_epochs, report_names[0], path)
+    return ResultRow(
+        path=path, **what, updated_params=float(updated_params), scores=scores,
+        majority_baseline=majority_baseline, reduction=float(reduction),
+        wall_minutes=float(np.mean(wall_seconds)) / 60.0, runs_used=len(complete_runs),
+        epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, seed_scores=seed_scores, seed_losses=seed_losses,
+    ), notes
+
+
+def _what_ran(record: dict, path: Path) -> dict:
+    """The row's identity from the record's settings: task, model, method, mode, schedule, lr, and what
+    marks it apart (a subset of the data, a variant such as --freeze-embeddings, --train-blocks)."""
     settings = _require(record, "settings", path, "", "an object", "the run's resolved settings")
     task = _require(settings, "task", path, "settings", "a string", "the task name")
     model = _require(settings, "model", path, "settings", "a string", "the checkpoint path or hub name")
@@ -209,20 +241,13 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
     labels = [label for key, label in VARIANT_LABELS.items() if settings.get(key) is True]
     if settings.get("train_blocks") is not None:  # run.py --train-blocks: a fixed set, not a schedule
         labels.insert(0, f"blocks {settings['train_blocks']}")
-    variant = ", ".join(labels) or None
+    return {"task": task, "model": model, "method": method, "mode": mode, "schedule": schedule, "lr": float(lr),
+            "subset": ", ".join(limits) or None, "variant": ", ".join(labels) or None,
+            "train_blocks": settings.get("train_blocks")}
 
-    updated_params = _require(record, "updated_params", path, "", "a number",
-                              "parameter updates summed over epochs")
-    reduction = _require(record, "reduction", path, "", "a number", "the fraction of updates saved")
-    if reduction > 1:
-        raise ResultsFormatError(f"{path}: 'reduction' is {reduction!r}; expected a fraction at most 1 "
-                                 "(0.22 means 22 % fewer updated parameters)")
-    majority_baseline = record.get("majority_baseline") if isinstance(record.get("majority_baseline"), dict) else None
-    if need_baseline:
-        majority_baseline = _require(record, "majority_baseline", path, "",
-                                     "an object", "dev set -> metric -> percent")
 
-    runs = _require(record, "runs", path, "", "a list", "one entry per seed")
+def _complete_runs(runs: list, path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(index, run) of the complete runs, and a note for each other one."""
     notes: list[str] = []
     complete_runs: list[tuple[int, dict]] = []
     for index, run in enumerate(runs):
@@ -235,9 +260,11 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
             complete_runs.append((index, run))
         else:
             notes.append(f"{path}: left out run {index} (seed {run.get('seed', '?')}), status {status!r}")
-    if not complete_runs:
-        return None, notes + [f"{path}: skipped, no run is complete"]
+    return complete_runs, notes
 
+
+def _finals(complete_runs: list[tuple[int, dict]], path: Path):
+    """The dev sets, and per complete run its final metrics, its epochs and its seconds."""
     per_run_finals: list[dict[str, dict[str, float]]] = []
     per_run_epochs: list[list[dict]] = []
     wall_seconds: list[float] = []
@@ -256,7 +283,12 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
         per_run_finals.append(final)
         per_run_epochs.append(_require(run, "epochs", path, where, "a list", "one entry per finished epoch"))
     assert report_names is not None
+    return report_names, per_run_finals, per_run_epochs, wall_seconds
 
+
+def _scores(report_names: list[str], complete_runs, per_run_finals, majority_baseline, need_baseline: bool,
+            path: Path) -> dict[str, dict[str, MetricSummary]]:
+    """Mean ± std of each shown metric over the complete runs (and the baseline's presence checked)."""
     scores: dict[str, dict[str, MetricSummary]] = {}
     for report_name in report_names:
         if report_name not in SHOWN_METRICS:
@@ -273,22 +305,29 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
                 _require(_require(majority_baseline, report_name, path, "majority_baseline", "an object"),
                          metric, path, f"majority_baseline.{report_name}", "a number or null",
                          "null where the metric is undefined, e.g. a correlation of a constant")
+    return scores
 
-    # run.py's own summary should match what is recomputed here when every run is in; say so when not.
-    summary = record.get("summary")
-    if isinstance(summary, dict) and len(complete_runs) == len(runs):
-        for report_name, metrics in scores.items():
-            for metric, recomputed in metrics.items():
-                stored_metrics = summary.get(report_name)
-                stored_metric = stored_metrics.get(metric) if isinstance(stored_metrics, dict) else None
-                stored = stored_metric.get("mean") if isinstance(stored_metric, dict) else None
-                if _is_number(stored) and not math.isclose(stored, recomputed.mean, rel_tol=SUMMARY_TOLERANCE,
-                                                           abs_tol=SUMMARY_TOLERANCE):
-                    notes.append(f"{path}: summary.{report_name}.{metric}.mean is {stored}, but the complete "
-                                 f"runs' final values average {recomputed.mean}; the table uses the latter")
 
-    epoch_scores, blocks_of_epoch = _epoch_curves(path, scores, per_run_epochs)
-    main_name = report_names[0]
+def _summary_differences(summary, scores: dict, path: Path) -> list[str]:
+    """run.py's own summary should match what is recomputed here when every run is in; say so when not."""
+    notes = []
+    if not isinstance(summary, dict):
+        return notes
+    for report_name, metrics in scores.items():
+        for metric, recomputed in metrics.items():
+            stored_metrics = summary.get(report_name)
+            stored_metric = stored_metrics.get(metric) if isinstance(stored_metrics, dict) else None
+            stored = stored_metric.get("mean") if isinstance(stored_metric, dict) else None
+            if _is_number(stored) and not math.isclose(stored, recomputed.mean, rel_tol=SUMMARY_TOLERANCE,
+                                                       abs_tol=SUMMARY_TOLERANCE):
+                notes.append(f"{path}: summary.{report_name}.{metric}.mean is {stored}, but the complete "
+                             f"runs' final values average {recomputed.mean}; the table uses the latter")
+    return notes
+
+
+def _seed_values(complete_runs, per_run_finals, per_run_epochs, main_name: str,
+                 path: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Per seed: the final main metric and the last epoch's training loss."""
     main_metric = SHOWN_METRICS[main_name][0]
     seed_scores: dict[int, float] = {}
     seed_losses: dict[int, float] = {}
@@ -300,14 +339,7 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
         if epochs:
             seed_losses[seed] = float(_require(epochs[-1], "train_loss", path, f"runs[{index}].epochs[-1]",
                                                "a number", "the epoch's mean training loss"))
-    return ResultRow(
-        path=path, task=task, model=model, method=method, mode=mode, schedule=schedule, lr=float(lr),
-        scores=scores, majority_baseline=majority_baseline, updated_params=float(updated_params),
-        reduction=float(reduction), wall_minutes=float(np.mean(wall_seconds)) / 60.0,
-        runs_used=len(complete_runs), subset=", ".join(limits) or None, variant=variant,
-        epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, train_blocks=settings.get("train_blocks"),
-        seed_scores=seed_scores, seed_losses=seed_losses,
-    ), notes
+    return seed_scores, seed_losses
 
 
 def load_all(paths: list[str | Path], need_baseline: bool = False) -> tuple[list[ResultRow], list[str]]:
@@ -317,11 +349,20 @@ def load_all(paths: list[str | Path], need_baseline: bool = False) -> tuple[list
     the data files' checksums, the device and the process count. Where one seed is complete in two of them
     (a rerun), each stays a row of its own, as before, and a note says why."""
     groups: dict[str, list[tuple[Path, Any]]] = {}
+    notes: list[str] = []
     for path in find_results_files(paths):
-        record = read_record(path)
+        try:
+            record = read_record(path)
+        except ResultsFormatError as error:
+            notes.append(f"WARNING: {error}; skipped")
+            continue
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if kind not in (RESULTS_KIND, "progtuning-count"):  # another tool's file that happens to match the name
+            notes.append(f"WARNING: {path}: not a record run.py wrote ('kind' is {kind!r}, expected "
+                         f"{RESULTS_KIND!r}); skipped")
+            continue
         groups.setdefault(_merge_key(record) or f"alone: {path}", []).append((path, record))
     rows: list[ResultRow] = []
-    notes: list[str] = []
     for members in groups.values():
         if len(members) > 1:
             repeated = _repeated_seed(members)

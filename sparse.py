@@ -30,16 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from model import Transformer, from_pretrained, part_of, replace_durably, resolve_checkpoint, TOKENIZER_FILES
+import data
+from model import Transformer, from_pretrained, part_of, replace_durably, resolve_checkpoint, write_model_folder
 
 SPARSE_METHODS = ("sam", "random", "magnitude")
 SCOPES = ("tensor", "global")
@@ -205,30 +205,44 @@ class SparseAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient. The arithmetic runs once per group over all its
+        tensors together (torch._foreach_*: a few kernels, not a few per tensor); only the gather of a masked
+        tensor's entries and their scatter back are per tensor."""
         for group in self.param_groups:
             lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                flat, indices = param.view(-1), self.indices.get(param)
-                theta = flat if indices is None else flat[indices]          # (k,) a gathered copy
-                grad = param.grad.reshape(-1)
-                grad = grad if indices is None else grad[indices]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            thetas, grads, exp_avgs, exp_avg_sqs, step_sizes, corrections = [], [], [], [], [], []
+            for param in params:
+                indices = self.indices.get(param)
+                flat, grad = param.view(-1), param.grad.reshape(-1)
+                thetas.append(flat if indices is None else flat[indices])  # (k,) a gathered copy
+                grads.append(grad if indices is None else grad[indices])
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(theta, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(theta, memory_format=torch.preserve_format)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
+                    state["exp_avg"] = torch.zeros_like(thetas[-1], memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(thetas[-1], memory_format=torch.preserve_format)
+                state["step"] += 1  # a CPU tensor, as torch's AdamW keeps it: reading it waits for no device
                 t = state["step"].item()
-                theta.mul_(1 - lr * decay)
-                m.lerp_(grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(eps)
-                theta.addcdiv_(m, denom, value=-lr / (1 - beta1 ** t))
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                step_sizes.append(-lr / (1 - beta1 ** t))
+                corrections.append(math.sqrt(1 - beta2 ** t))
+            if decay:
+                torch._foreach_mul_(thetas, 1 - lr * decay)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denoms, corrections)
+            torch._foreach_add_(denoms, eps)
+            torch._foreach_addcdiv_(thetas, exp_avgs, denoms, step_sizes)
+            for param, theta in zip(params, thetas):
+                indices = self.indices.get(param)
                 if indices is not None:
-                    flat.index_copy_(0, indices, theta)
+                    param.view(-1).index_copy_(0, indices, theta)
         return None
 
     def state_bytes(self) -> int:
@@ -261,8 +275,11 @@ def save_trained(path: Path, model: nn.Module, mask: Mask, dense_names: list[str
 
 
 def trained_meta(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
     if metadata.get("format") != TRAINED_FORMAT:
         raise ValueError(f"{path}: not a sparse trained file (format {metadata.get('format')!r}, "
                          f"expected {TRAINED_FORMAT!r}); it is written by run.py --save-trained with --method "
@@ -290,15 +307,11 @@ def apply_trained(model: nn.Module, path: Path) -> nn.Module:
 
 def rebuild(trained: Path, base: str | Path | None = None) -> Transformer:
     """The fine-tuned model: the pretrained checkpoint (`base`, default the one the run used) with the
-    task head the run trained, and the trained file's values written in."""
-    import progtuning
-    from run import head_for, Settings
-
+    task head the run trained, and the trained file's values written in. (A sparse method adds no module
+    to the encoder, so the pretrained model is the whole architecture.)"""
     meta = trained_meta(trained)
-    settings = Settings.from_record(meta["settings"])
-    head, num_labels = head_for(settings)
-    model = from_pretrained(base or settings.model, head=head, num_labels=num_labels)
-    progtuning.add_method(model, settings.method, settings.method_options())
+    head, num_labels = data.task_head(meta["settings"]["task"])
+    model = from_pretrained(base or meta["settings"]["model"], head=head, num_labels=num_labels)
     return apply_trained(model, trained)
 
 
@@ -309,20 +322,23 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("rebuild", help="write a full model folder (config, model.safetensors, tokenizer)")
     r.add_argument("trained", help="seed-<k>/trained.safetensors of a sam/random/magnitude run")
     r.add_argument("--base", help="the pretrained model folder (default: the one the run used)")
-    r.add_argument("--out", required=True, help="folder to write")
+    r.add_argument("--out", required=True, help="folder to write (refused if it exists and is not empty)")
+    r.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = p.parse_args(argv)
+    out, trained = Path(args.out), Path(args.trained)
     try:
-        model = rebuild(Path(args.trained), args.base)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = resolve_checkpoint(args.base or trained_meta(Path(args.trained))["settings"]["model"])
-    # Our parameter names are the checkpoint's keys (model.py's loader maps both spellings), head included.
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    for name in ("config.json",) + TOKENIZER_FILES:
-        if (base / name).is_file():
-            shutil.copy(base / name, out / name)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+            raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it, or "
+                                  "write to another folder")
+        model = rebuild(trained, args.base)
+        base = resolve_checkpoint(args.base or trained_meta(trained)["settings"]["model"])
+        config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+        # Our parameter names are the checkpoint's keys (model.py's loader maps both spellings), head included.
+        write_model_folder(out, {k: v.contiguous() for k, v in model.state_dict().items()}, config, base,
+                           overwrite=True)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise SystemExit(f"error: {type(error).__name__ + ': ' if isinstance(error, OSError) else ''}{error}") \
+            from None
     print(f"wrote {out}: {len(model.state_dict())} tensors; load with model.from_pretrained({str(out)!r}, "
           f"head={model.head!r}, num_labels={model.num_labels})")
 

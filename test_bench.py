@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import bench
 import progtuning
 from model import ModelConfig, Transformer
+from conftest import HANG
 
 HERE = Path(__file__).resolve().parent
 
@@ -212,7 +213,7 @@ def test_smoke_run_writes_complete_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(HERE / "bench.py"), "--smoke", "--no-reference",
                            "--freeze-embeddings", "--json-out", str(out)],
-                          cwd=HERE, capture_output=True, text=True, timeout=120)
+                          cwd=HERE, capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     names = [case["name"] for case in report["cases"]]
@@ -380,3 +381,27 @@ def test_sparse_cases_hold_optimizer_state_for_their_entries_only():
         # the cost model's: dense dW like full fine-tuning, whatever the mask picks inside the tensors
         lowest = int(case["blocks"].split("-")[0]) - 1
         assert case["cost_ratio"] == bench.cost_ratio(6, list(range(lowest, 6)), "full")
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop row and the command line
+# --------------------------------------------------------------------------------------------------
+
+def test_loop_row_times_runs_step_path_against_the_bare_step(capsys):
+    settings = bench.parse_args(["--loop", "--config", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps",
+                                 "6", "--rounds", "2"]).resolve()
+    report = bench.run_loop_bench(settings, log=lambda line: None)
+    assert report["bare_step_ms"] > 0 and report["loop_step_ms"] > 0
+    assert report["overhead"] == pytest.approx(report["loop_step_ms"] / report["bare_step_ms"] - 1)
+    assert [len(v) for v in report["rounds_ms"].values()] == [2, 2] and report["log_every"] == 50
+    table = bench.format_loop(report)
+    assert "run.py loop (log every 50)" in table and "overhead:" in table and "tiny" in table
+    assert capsys.readouterr().out == ""  # the loop's progress lines are part of its cost, not of the output
+
+
+def test_smoke_refuses_sizes_it_would_ignore(capsys):
+    proc = subprocess.run([sys.executable, str(HERE / "bench.py"), "--smoke", "--steps", "50", "--batch-size", "8"],
+                          capture_output=True, text=True, timeout=HANG)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: --smoke fixes the sizes") and "--batch-size, --steps" in lines[0]

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import distributed
 import records
 import run
-from conftest import build_tiny_bert
+from conftest import HANG, build_tiny_bert
 
 HERE = Path(__file__).resolve().parent
 # 17 rows in batches of 4: the last global batch has one row, so one process gets none (distributed.share)
@@ -45,7 +45,7 @@ def torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(HERE / "run.py"), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=HANG, env=env)
 
 
 def run_ok(proc: subprocess.CompletedProcess) -> None:
@@ -161,7 +161,7 @@ def test_a_dead_or_hung_process_stops_the_others_with_one_line(tmp_path, dropout
                 break
         procs[1].send_signal(signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
         started = time.monotonic()
-        _, err = procs[0].communicate(timeout=120)
+        _, err = procs[0].communicate(timeout=HANG)
         waited = time.monotonic() - started
     finally:
         for proc in procs:
@@ -182,7 +182,7 @@ def test_abandon_prints_its_line_keeps_what_was_printed_and_skips_teardown():
               "print('progress so far', end=''); distributed.abandon('error: the one line')")
     buffered = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
     completed = subprocess.run([sys.executable, "-c", script], cwd=HERE, env=buffered, capture_output=True,
-                               text=True, timeout=120)
+                               text=True, timeout=HANG)
     assert (completed.returncode, completed.stdout, completed.stderr) == (1, "progress so far",
                                                                           "error: the one line\n")
 

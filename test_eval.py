@@ -16,6 +16,7 @@ import pytest
 import glue_eval
 import squad_eval
 from squad_eval import evaluate_v1, evaluate_v2, exact_match, f1_score, normalize_answer
+from conftest import HANG
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("PROGTUNING_DATA", REPO_DIR.parent / "shared" / "data"))
@@ -398,7 +399,7 @@ def test_dev_v20_subset_perfect_and_all_empty_predictions() -> None:
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO_DIR / "squad_eval.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=HANG,
     )
 
 
@@ -518,7 +519,7 @@ def test_glue_cli_gold_predictions_score_100_on_real_rte(tmp_path: Path, glue_di
     completed = subprocess.run(
         [sys.executable, str(REPO_DIR / "glue_eval.py"), "rte", str(predictions), "--data-dir", str(glue_dir),
          "--json-out", str(out_file)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG,
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == {"accuracy": 100.0}
@@ -602,7 +603,7 @@ def test_glue_cli_bad_line_is_one_clear_error(tmp_path: Path, glue_dir: Path) ->
     predictions = write_glue_predictions(tmp_path / "bad.tsv", gold)
     completed = subprocess.run(
         [sys.executable, str(REPO_DIR / "glue_eval.py"), "rte", str(predictions), "--data-dir", str(glue_dir)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG,
     )
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines() == [

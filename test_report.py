@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import report
+from conftest import HANG
 
 REPO_DIR = Path(__file__).resolve().parent
 HEADER_RTE = "| task | method | mode | schedule | lr | rte acc | seeds | updated params | reduction | minutes/run |"
@@ -323,7 +324,7 @@ def test_cli_writes_report_and_notes_incomplete_runs(tmp_path: Path) -> None:
     out_file = tmp_path / "table.md"
     completed = subprocess.run(
         [sys.executable, str(REPO_DIR / "report.py"), str(tmp_path / "runs"), "--baseline", "--out", str(out_file)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=HANG,
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == ""

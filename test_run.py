@@ -4,6 +4,7 @@ blocks that stay frozen, and stage switches under torch.compile."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -18,12 +19,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_CONFIG, build_tiny_bert
+from conftest import HANG, TINY_CONFIG, build_tiny_bert
 import model as M
 import progtuning as P
 import records
+import evaluation
 import report
 import run
+import training
 
 HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
@@ -109,16 +112,16 @@ def test_missing_data_is_one_clear_line(tmp_path, tiny_dir):
     env = {**os.environ, "PROGTUNING_OFFLINE": "1"}
     done = subprocess.run([sys.executable, str(HERE / "run.py"), *run_args(tiny_dir, tmp_path / "o"),
                            "--data-dir", str(tmp_path / "nowhere")], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=HANG)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "error:" in done.stderr and "nowhere" in done.stderr
 
 
 def test_lr_schedule():
-    assert run.lr_at(0, 10, 0, 1.0) == 1.0 and run.lr_at(9, 10, 0, 1.0) == pytest.approx(0.1)
-    assert run.lr_at(0, 10, 2, 1.0) == 0.0 and run.lr_at(1, 10, 2, 1.0) == 0.5 and run.lr_at(2, 10, 2, 1.0) == 1.0
-    assert run.lr_at(6, 10, 2, 1.0) == pytest.approx(0.5)
+    assert training.lr_at(0, 10, 0, 1.0) == 1.0 and training.lr_at(9, 10, 0, 1.0) == pytest.approx(0.1)
+    assert training.lr_at(0, 10, 2, 1.0) == 0.0 and training.lr_at(1, 10, 2, 1.0) == 0.5 and training.lr_at(2, 10, 2, 1.0) == 1.0
+    assert training.lr_at(6, 10, 2, 1.0) == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -146,6 +149,10 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
         assert key in record
     log = [json.loads(line) for line in (straight / "seed-1" / "log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log].count("epoch") == 2 and [e["event"] for e in log].count("progress") == 16
+    # an epoch's training loss is the mean of its own steps' losses (logged one by one: --log-every 1)
+    for epoch in epochs:
+        losses = [e["loss"] for e in log if e["event"] == "progress" and e["epoch"] == epoch["epoch"]]
+        assert epoch["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)
     assert results["summary"] == record["summary"]
     straight_weights = load_file(straight / "seed-1" / "trained.safetensors")
 
@@ -192,6 +199,7 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     for name in straight_weights:
         assert torch.equal(again[name], straight_weights[name]), name
     assert results_of(interrupted)["runs"][0]["final"] == record["runs"][0]["final"]
+    assert [e["train_loss"] for e in results_of(interrupted)["runs"][0]["epochs"]] == [e["train_loss"] for e in epochs]
 
     epoch_1_record = results_of(interrupted)["runs"][0]["epochs"][0]  # 3 steps, an interrupt, 5 more steps
     assert 0 < epoch_1_record["wall_seconds_before_interrupt"] < epoch_1_record["wall_seconds"]
@@ -212,7 +220,11 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     assert [e["epoch"] for e in history if e["event"] == "epoch"] == [1, 2]
     assert [(e["epoch"], e["step"]) for e in history if e["event"] == "resumed"] == [(2, 8)]
 
-    # Resuming with a different recipe is refused, naming what differs.
+    _other_recipe_is_refused(tiny_dir, glue_dir, interrupted, after_epoch_1, common)
+
+
+def _other_recipe_is_refused(tiny_dir, glue_dir, interrupted, after_epoch_1, common):
+    """Resuming with a different recipe is refused, naming what differs."""
     (interrupted / "seed-1" / "checkpoint.safetensors").unlink()
     shutil.copy(after_epoch_1, interrupted / "seed-1" / "checkpoint.safetensors")
     data = results_of(interrupted)
@@ -297,12 +309,12 @@ def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir,
                                                             glue_dir=glue_dir)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "seed-1" / "log.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     while not (log.exists() and '"progress"' in log.read_text()):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG)
     assert process.returncode == code, stderr
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     assert f"{sig.name}: finishing this step" in stdout
@@ -311,7 +323,7 @@ def test_real_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_dir,
     with safe_open(str(out / "seed-1" / "checkpoint.safetensors"), "pt") as file:
         position = json.loads(file.metadata()["progtuning"])["position"]
     assert position["epoch"] == 0 and 0 < position["step_in_epoch"] < 50
-    done = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stderr
     assert f"step {position['step_in_epoch']} of 50" in done.stdout
     assert results_of(out)["runs"][0]["status"] == "complete"
@@ -372,28 +384,32 @@ def test_stsb_regression_and_several_seeds(tmp_path, tiny_dir, glue_dir):
 # ------------------------------------------------------------------------------------------ torch.compile
 
 def test_stage_switch_under_compile_gives_eager_gradients(tiny_dir):
-    """Change requires_grad between calls of a compiled model, as a stage switch does: the gradients must
-    be exactly the set (and nearly the values) that eager mode computes."""
+    """Change requires_grad between calls of the per-block compiled model, as a stage switch does: the
+    gradients must be exactly the set (and nearly the values) that eager mode computes, and after the first
+    stage only a frozen-block variant is compiled, once."""
     torch.manual_seed(0)
-    eager = M.from_pretrained(tiny_dir, head="classification", num_labels=2)
-    settings = run.Settings(task="rte", compile=True, compile_backend="aot_eager")
+    eager = M.from_pretrained(tiny_dir, head="classification", num_labels=2).eval()
+    compiled = copy.deepcopy(eager)
+    counter = training.GraphCounter("aot_eager")
+    training.compile_blocks(compiled, counter)
     ids = torch.randint(1000, 2000, (4, 16))
     mask = torch.ones_like(ids)
     labels = torch.tensor([0, 1, 0, 1])
-    compiled = None
+    graphs = []
     for blocks in P.plan_stages(4, 3, "pt"):
-        for model in (eager,):
-            P.apply_stage(model, blocks, "full")
-        compiled = run.compiled(eager, settings)
-        eager.eval()
         grads = {}
-        for name, fn in (("eager", eager), ("compiled", compiled)):
-            eager.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(fn(ids, mask), labels).backward()
-            grads[name] = {n: p.grad.clone() for n, p in eager.named_parameters() if p.grad is not None}
+        for name, model in (("eager", eager), ("compiled", compiled)):
+            P.apply_stage(model, blocks, "full")
+            model.zero_grad(set_to_none=True)
+            before = counter.graphs
+            torch.nn.functional.cross_entropy(model(ids, mask), labels).backward()
+            grads[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        graphs.append(counter.graphs - before)
         assert grads["eager"].keys() == grads["compiled"].keys() == P.trainable_names(eager, blocks, "full")
         for n in grads["eager"]:
             torch.testing.assert_close(grads["compiled"][n], grads["eager"][n], rtol=1e-4, atol=1e-6)
+    # stage 1: the graph all four blocks share; stage 2: the frozen variant (block 1 freezes); stage 3: none
+    assert graphs == [1, 1, 0]
 
 
 def test_compiled_run_matches_eager_run(tmp_path, tiny_dir, glue_dir):
@@ -439,7 +455,7 @@ def test_minilm_squad_smoke(tmp_path, minilm_dir, squad_dir, task, train_file, d
     final = run_record["final"][task]
     predictions = json.loads((out / "seed-1" / f"predictions-{task}.json").read_text())
     assert len(predictions) == 40
-    dataset = run._squad_subset(json.loads((squad_dir / dev_file).read_text()), set(predictions))
+    dataset = evaluation.squad_subset(json.loads((squad_dir / dev_file).read_text()), set(predictions))
     if task == "squad":
         rescored = squad_eval.evaluate_v1(dataset, predictions)
         assert final["exact"] == rescored["exact_match"] and final["f1"] == rescored["f1"]
@@ -472,7 +488,7 @@ def test_freeze_embeddings_never_trains_e(tmp_path, tiny_dir, glue_dir):
 
 def cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HERE / "run.py"), *map(str, args)], capture_output=True, text=True,
-                          timeout=300, **kwargs)
+                          timeout=HANG, **kwargs)
 
 
 def assert_one_line(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -513,24 +529,21 @@ def test_nan_weights_are_named_as_a_broken_checkpoint(tmp_path, tiny_dir, glue_d
     weights["encoder.layer.0.attention.self.query.weight"][0, 0] = float("nan")
     save_file(weights, str(broken / "model.safetensors"))
     assert_one_line(cli(*run_args(broken, tmp_path / "out", "--limit-train", 8, "--limit-eval", 4, glue_dir=glue_dir)),
-                    "loss is nan at epoch 1 step 0", "encoder.layer.0.attention.self.query.weight",
-                    "before any step", "is broken")
+                    "encoder.layer.0.attention.self.query.weight holds nan or inf before any step",
+                    "the checkpoint is broken")
+    assert not (tmp_path / "out").exists()  # found before the data were read or a folder was made
 
 
 def test_non_finite_loss_says_what_is_not_finite(tiny_dir):
     model = M.from_pretrained(tiny_dir, head="classification", num_labels=2)
     settings = run.Settings(task="stsb", model=str(tiny_dir), lr=1e-3)
-    nan = torch.tensor(float("nan"))
-    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([1.0, 2.0])}
-    assert "the loss overflowed: lower --lr (now 0.001)" in str(run.non_finite_loss(model, batch, nan, settings, "x",
-                                                                                    first=False))
-    assert "check the model's config.json" in str(run.non_finite_loss(model, batch, nan, settings, "x", first=True))
-    bad_labels = {**batch, "labels": torch.tensor([1.0, float("inf")])}
-    assert "targets hold nan or inf" in str(run.non_finite_loss(model, bad_labels, nan, settings, "x", first=False))
+    message = training.non_finite_loss(model, float("nan"), settings, "steps 1-4 of epoch 1 (stage 1)")
+    assert message == ("loss is nan in steps 1-4 of epoch 1 (stage 1): weights and targets are finite and the loss "
+                       "overflowed: lower --lr (now 0.001)")
     with torch.no_grad():
         model.classifier.weight[0, 0] = float("inf")
-    message = str(run.non_finite_loss(model, batch, nan, settings, "epoch 2 step 5", first=False))
-    assert message.startswith("loss is nan at epoch 2 step 5: training diverged: classifier.weight")
+    message = training.non_finite_loss(model, float("inf"), settings, "steps 5-8 of epoch 2 (stage 2)")
+    assert message.startswith("loss is inf in steps 5-8 of epoch 2 (stage 2): training diverged: classifier.weight")
 
 
 def test_a_folder_without_weights_is_refused_unless_random_init(tmp_path, tiny_dir, glue_dir):
@@ -609,7 +622,7 @@ def test_system_failures_are_one_line(tmp_path, tiny_dir, glue_dir, monkeypatch,
     def refuse(path, text):
         raise PermissionError(13, "Permission denied", str(path))
     with monkeypatch.context() as patch:
-        patch.setattr(run, "write_text_atomic", refuse)
+        patch.setattr(evaluation, "write_text_atomic", refuse)
         code, line = cli_error(run_args(tiny_dir, tmp_path / "c", "--limit-train", 8, "--limit-eval", 4,
                                         glue_dir=glue_dir), capsys)
     assert line.startswith("error: PermissionError: [Errno 13] Permission denied:") and str(tmp_path / "c") in line

@@ -19,8 +19,10 @@ from torch import nn
 
 import model as M
 import progtuning as P
+import evaluation
 import run
 import sparse
+import training
 from test_run import TINY_CONFIG, results_of, run_args, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
 
 HERE = Path(__file__).resolve().parent
@@ -197,13 +199,13 @@ SHORT = ("--epochs", 3, "--limit-train", 48, "--limit-eval", 16, "--batch-size",
 def test_sam_pt_run_moves_only_masked_entries_and_frozen_blocks_never(tmp_path, tiny_dir, glue_dir,  # noqa: F811
                                                                      monkeypatch):
     snapshots = []
-    save = run.save_checkpoint
+    save = training.save_checkpoint
 
     def save_and_snapshot(path, model, *args, **kwargs):
         snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
         return save(path, model, *args, **kwargs)
 
-    monkeypatch.setattr(run, "save_checkpoint", save_and_snapshot)
+    monkeypatch.setattr(training, "save_checkpoint", save_and_snapshot)
     run.main(run_args(tiny_dir, tmp_path, "--method", "sam", "--mode", "pt", *SHORT, "--burn-in-steps", 4,
                       glue_dir=glue_dir))
     record = results_of(tmp_path)
@@ -288,11 +290,11 @@ def test_trained_file_rebuilds_a_model_with_the_runs_own_predictions(tmp_path, t
     assert all(k.split("/")[0] in ("indices", "values", "dense") for k in load_file(trained))
     settings = run.parse_args(run_args(tiny_dir, tmp_path, "--method", "random", *SHORT, glue_dir=glue_dir))
     tokenizer = M.load_tokenizer(tiny_dir)
-    task_data = run.load_task_data(settings, tokenizer)
+    task_data = evaluation.load_task_data(settings, tokenizer)
     rebuilt = sparse.rebuild(trained)
     predictions = tmp_path / "again"
     predictions.mkdir()
-    run.evaluate_glue(settings, rebuilt, task_data.evals, tokenizer, predictions)
+    evaluation.evaluate_glue(settings, rebuilt, task_data.evals, tokenizer, predictions)
     assert (predictions / "predictions-rte.tsv").read_text() == \
         (tmp_path / "seed-1" / "predictions-rte.tsv").read_text()
 
