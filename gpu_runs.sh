@@ -4,7 +4,7 @@
 #   - the block probe on SST-2, the paper's Figure 1 task (blocks 1..6 and none, full ft and pt);
 #   - LoRA at its preset epochs (CoLA 80, MRPC 30, STS-B 40; ft and pt), which the CPU runs cut to 6;
 #     CoLA's 80 epochs (about 43k steps a run) ran on the CPU instead, about an hour a run on one
-#     core (README); here they likely need --resume calls and may outlast a 15-minute lease (its
+#     core (RESULTS.md); here they likely need --resume calls and may outlast a 15-minute lease (its
 #     work dir, with the checkpoints, goes back with the machine);
 #   - SAM on MRPC (ft and pt), the sparse path's first runs on a GPU;
 #   - SST-2 for the methods whose preset is 3 epochs (adapter, bitfit, sam, random, magnitude; ft and pt).

@@ -597,14 +597,14 @@ def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> N
     ("gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"]),
     ("cpu-cola-lora-preset", ["records/preset", "--baseline", "--paired"]),
 ])
-def test_readme_tables_are_report_output_on_the_committed_records(marker: str, args: list[str],
-                                                                  capsys: pytest.CaptureFixture) -> None:
-    """The README's results blocks between <!-- MARKER:begin/end --> are what report.py prints on the records
-    in git (its ### headings set one level lower under the README's sections): no number in them is typed."""
-    readme = (REPO_DIR / "README.md").read_text(encoding="utf-8")
+def test_results_tables_are_report_output_on_the_committed_records(marker: str, args: list[str],
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """RESULTS.md's blocks between <!-- MARKER:begin/end --> are what report.py prints on the records in git
+    (its ### headings set one level lower, under RESULTS.md's ### sections): no number in them is typed."""
+    results = (REPO_DIR / "RESULTS.md").read_text(encoding="utf-8")
     begin, end = f"<!-- {marker}:begin -->\n", f"<!-- {marker}:end -->"
-    assert readme.count(begin) == 1 and readme.count(end) == 1, f"README.md needs one {begin.strip()} ... {end}"
-    block = readme[readme.index(begin) + len(begin):readme.index(end)]
+    assert results.count(begin) == 1 and results.count(end) == 1, f"RESULTS.md needs one {begin.strip()} ... {end}"
+    block = results[results.index(begin) + len(begin):results.index(end)]
     generated = report.main([str(REPO_DIR / args[0]), *args[1:]])
     capsys.readouterr()
     assert block.strip() == generated.replace("### ", "#### ").strip()
