@@ -7,7 +7,7 @@ metric order of the Progtuning paper's tables (SPEC.md section 6: F1 before accu
 Pearson before Spearman for STS-B, exact match before F1 for SQuAD). The file's own `summary` is only
 cross-checked, never copied.
 
-    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--paired] [--plots DIR [--bench FILE]]
+    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--paired] [--times] [--plots DIR [--bench FILE]]
 
 Each PATH is a results.json file or a folder searched recursively for results.json. Records of one
 configuration in several folders (its seeds run on several machines or days: settings equal but for where
@@ -18,6 +18,7 @@ that are not complete are left out, and files with no complete run are skipped; 
 --overview adds one compact table (method x mode rows, a column per task, as the papers lay out theirs).
 --paired adds PT against FT seed by seed: per method, each shared seed's PT - FT on the main metric, the
 mean gap against FT's seed spread, and in how many seeds PT scored lower and ended with a higher training loss.
+--times adds FT against PT in wall minutes, epoch by epoch (an epoch is a stage when --stages equals --epochs).
 --plots DIR writes tradeoff.png (score against updated parameters, FT -> PT arrows), curves-<task>.png (dev
 score per epoch, FT against PT, stage switches marked), probe-<task>.png for runs made with --train-blocks
 (the paper's Figure 1: score against the one block that trains) and, with --bench FILE (bench.py
@@ -113,6 +114,8 @@ class ResultRow:
     # seed -> the main metric's final score and the last epoch's training loss, for pairing FT with PT
     seed_scores: dict[int, float] = field(default_factory=dict)
     seed_losses: dict[int, float] = field(default_factory=dict)
+    # per epoch, the mean over the complete runs of its wall seconds (training and the dev evaluation)
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def _is_number(value: Any) -> bool:
@@ -209,7 +212,14 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
         majority_baseline=majority_baseline, reduction=float(reduction),
         wall_minutes=float(np.mean(wall_seconds)) / 60.0, runs_used=len(complete_runs),
         epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, seed_scores=seed_scores, seed_losses=seed_losses,
+        epoch_seconds=_epoch_seconds(per_run_epochs, path),
     ), notes
+
+
+def _epoch_seconds(per_run_epochs: list[list[dict]], path: Path) -> list[float]:
+    return [float(np.mean([_require(epochs[index], "wall_seconds", path, f"runs[*].epochs[{index}]", "a number",
+                                    "the epoch's seconds") for epochs in per_run_epochs]))
+            for index in range(len(per_run_epochs[0]))]
 
 
 def _what_ran(record: dict, path: Path) -> dict:
@@ -694,6 +704,30 @@ def render_paired(rows: list[ResultRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_times(rows: list[ResultRow]) -> str:
+    """FT against PT in wall time, epoch by epoch (an epoch is a stage when --stages equals --epochs): each
+    mode's minutes per epoch, mean over its complete seeds (training and the dev evaluation), and PT / FT per
+    epoch and for the whole run. Times are only comparable where both modes ran on the same machine."""
+    pairs: dict[tuple, dict[str, ResultRow]] = {}
+    for row in sorted(rows, key=_row_sort_key):
+        if row.train_blocks is None and row.schedule in (DASH, "shrink"):
+            pairs.setdefault((row.task, model_label(row.model), row.method, row.variant, row.lr), {})[row.mode] = row
+    lines = [_markdown_row(["task", "method", "seeds FT / PT", "FT min per epoch", "PT min per epoch",
+                            "PT / FT per epoch", "PT / FT, run"]), _markdown_row(["---"] * 7)]
+    for key in sorted(pairs, key=lambda k: (_task_rank(k[0]), k[0], k[1], METHOD_ORDER.index(k[2]), k[3] or "", k[4])):
+        ft, pt = pairs[key].get("ft"), pairs[key].get("pt")
+        if ft is None or pt is None or len(ft.epoch_seconds) != len(pt.epoch_seconds):
+            continue
+        lines.append(_markdown_row([
+            ft.task, _method_label(ft), f"{ft.runs_used} / {pt.runs_used}",
+            " / ".join(f"{s / 60:.1f}" for s in ft.epoch_seconds), " / ".join(f"{s / 60:.1f}" for s in pt.epoch_seconds),
+            " / ".join(f"{p / f:.2f}" for f, p in zip(ft.epoch_seconds, pt.epoch_seconds)),
+            f"{sum(pt.epoch_seconds) / sum(ft.epoch_seconds):.2f}"]))
+    if len(lines) == 2:
+        raise ResultsFormatError("--times found no task and method with both an FT and a PT record")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures (matplotlib, a dev dependency, imported only here)
 # --------------------------------------------------------------------------------------------------
@@ -943,6 +977,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="also a compact table: method x mode rows, one column per task (main metric)")
     parser.add_argument("--paired", action="store_true",
                         help="also a table of PT against FT seed by seed (same task, method, options and lr)")
+    parser.add_argument("--times", action="store_true",
+                        help="also a table of FT against PT in wall minutes, epoch by epoch (stage by stage)")
     parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
     parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
     args = parser.parse_args(argv)
@@ -963,6 +999,8 @@ def main(argv: list[str] | None = None) -> str:
         report = render_report(rows, baseline=args.baseline)
         if args.paired:
             report += "\n### PT against FT, seed by seed\n\n" + render_paired(rows)
+        if args.times:
+            report += "\n### wall time per epoch, FT against PT\n\n" + render_times(rows)
         if args.overview:
             report = "### overview\n\n" + render_overview(rows) + "\n" + report
         if args.plots:

@@ -8,7 +8,7 @@
 #   bash experiments/mpnet.sh [--seeds 1,2,3] [--peft] [--only REGEX] [--dry-run]
 #
 # Each job adds its seed to runs/mpnet/<task>-<mode>-<method>/ (--resume keeps the finished seeds, and
-# continues one a signal stopped); python report.py runs/mpnet --baseline --paired reads them, and
+# continues one a signal stopped; a job whose seeds are all complete is skipped, so the queue restarts fast); python report.py runs/mpnet --baseline --paired reads them, and
 # records/mpnet/ holds their results.json (cp runs/mpnet/*/results.json by folder). Checkpoints are
 # deleted once a seed is complete (--no-keep-checkpoint: 1.3 GB each), except RTE pt's, which export.py
 # and predict.py use. MPNET: the model folder (default ~/.cache/progtuning/all-mpnet-base-v2, from
@@ -38,6 +38,10 @@ job() {  # job TASK MODE METHOD SEEDS_SO_FAR
     local name="$1-$2-$3" keep=--no-keep-checkpoint
     [[ -n "$ONLY" && ! "$name" =~ $ONLY ]] && return 0
     [ "$name" = rte-pt-full ] && keep=--keep-checkpoint
+    if python -c "import json, sys; r = json.load(open(sys.argv[1])); done = {x['seed'] for x in r['runs'] if x['status'] == 'complete'}; sys.exit(0 if {int(s) for s in sys.argv[2].split(',')} <= done else 1)" \
+            "runs/mpnet/$name/results.json" "$4" 2>/dev/null; then
+        return 0  # every seed asked for is complete already: no need to load the model and data to learn it
+    fi
     local cmd=(python run.py --task "$1" --mode "$2" --method "$3" --model "$MPNET" --data-dir "$GLUE_DIR"
                --output-dir "runs/mpnet/$name" --seeds "$4" --resume --amp --log-every 20 "$keep")
     [ "$3" != full ] && cmd+=(--epochs 3)
