@@ -608,3 +608,21 @@ def test_results_tables_are_report_output_on_the_committed_records(marker: str, 
     generated = report.main([str(REPO_DIR / args[0]), *args[1:]])
     capsys.readouterr()
     assert block.strip() == generated.replace("### ", "#### ").strip()
+
+
+def test_times_table_compares_pt_with_ft_epoch_by_epoch(tmp_path: Path) -> None:
+    paths = []
+    for mode, seconds in (("ft", [300.0, 300.0, 300.0]), ("pt", [300.0, 240.0, 180.0])):
+        record = _three_epochs(make_results(mode=mode, finals=[{"rte": {"accuracy": 60.0}}] * 2),
+                               [[55.0, 58.0, 60.0]] * 2, "rte", "accuracy")
+        for run, factor in zip(record["runs"], (1.0, 1.2)):  # two seeds, the second 20% slower
+            for epoch, base in zip(run["epochs"], seconds):
+                epoch["wall_seconds"] = base * factor
+        paths.append(write_results(tmp_path / mode, record))
+    rows, _ = report.load_all(paths)
+    table = report.render_times(rows)
+    # FT 5.5 min an epoch (mean of 5.0 and 6.0); PT 5.5, 4.4, 3.3; PT / FT per epoch and over the run (3/4 x 5.5 ...)
+    assert "| rte | full | 2 / 2 | 5.5 / 5.5 / 5.5 | 5.5 / 4.4 / 3.3 | 1.00 / 0.80 / 0.60 | 0.80 |" in table
+    assert "### wall time per epoch, FT against PT" in report.main([str(tmp_path), "--times"])
+    with pytest.raises(report.ResultsFormatError, match="--times found no task"):
+        report.render_times(rows[:1])
