@@ -519,6 +519,27 @@ def load_checkpoint_into(model: Transformer, files: list[Path]) -> None:
     shape and nothing may be left over. Head weights absent from the checkpoint keep their fresh
     initialisation; head weights the requested head does not use are dropped with a note."""
     own = model.state_dict()
+    tensors = checked_checkpoint(model, files)
+    with torch.no_grad():
+        for ours, (file, key) in tensors.items():
+            with safe_open(str(file), framework="pt") as f:
+                own[ours].copy_(f.get_tensor(key))
+
+
+def first_non_finite_tensor(model: Transformer, files: list[Path]) -> str | None:
+    """The first of the checkpoint's tensors that the model would load and that holds nan or inf (read one
+    at a time, none kept), or None; the checkpoint is checked to fit the model first."""
+    for ours, (file, key) in checked_checkpoint(model, files, quiet=True).items():
+        with safe_open(str(file), framework="pt") as f:
+            if not torch.isfinite(f.get_tensor(key)).all():
+                return key
+    return None
+
+
+def checked_checkpoint(model: Transformer, files: list[Path], quiet: bool = False) -> dict[str, tuple[Path, str]]:
+    """{our key: (file, checkpoint key)} of the tensors to load, once every one is shown to fit: names,
+    shapes and a floating-point type; CheckpointError names what does not fit. quiet: no log notes."""
+    own = model.state_dict()
     tensors: dict[str, tuple[Path, str]] = {}   # our key -> (file, checkpoint key)
     dropped, unused_head = [], []
     for file in files:
@@ -565,10 +586,8 @@ def load_checkpoint_into(model: Transformer, files: list[Path]) -> None:
                               f"{model.config.num_hidden_layers} blocks and head={model.head!r}: "
                               + " | ".join(problems))
 
-    with torch.no_grad():
-        for ours, (file, key) in tensors.items():
-            with safe_open(str(file), framework="pt") as f:
-                own[ours].copy_(f.get_tensor(key))
+    if quiet:
+        return tensors
     if dropped:
         log.info("%s: left out %d checkpoint tensor(s) the task model does not use (%s)", where,
                  len(dropped), ", ".join(sorted({d.split(".")[0] + ".*" for d in dropped})))
@@ -577,6 +596,7 @@ def load_checkpoint_into(model: Transformer, files: list[Path]) -> None:
     if missing_head:
         log.info("%s: new head weights, initialised as BERT does (normal, std=%g; zero bias): %s",
                  where, model.config.initializer_range, missing_head)
+    return tensors
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from safetensors import SafetensorError
 
 import data
 import sparse
-from model import Transformer, from_pretrained, load_config
+from model import (CheckpointError, Transformer, first_non_finite_tensor, from_pretrained, load_config,
+                   resolve_checkpoint, weight_files)
 from progtuning import (MethodOptions, ParameterCounts, add_method, parse_blocks, plan_stages, stage_of_step,
                         trainable_names)
 from sparse import SPARSE_METHODS
@@ -189,6 +191,24 @@ class _SkipInit(torch.overrides.TorchFunctionMode):
         if getattr(func, "__name__", "") in self.INIT_OPS:
             return args[0] if args else (kwargs or {})["tensor"]
         return func(*args, **(kwargs or {}))
+
+
+def check_checkpoint(settings: Settings) -> None:
+    """The checkpoint fits the task model (names, shapes, types) and holds only finite numbers, read tensor by
+    tensor into no model: the check a run makes before it reads any data, so a truncated, broken or foreign
+    file is named at once instead of after minutes of tokenizing."""
+    folder = resolve_checkpoint(settings.model)
+    head, num_labels = data.task_head(settings.task)
+    with _SkipInit():  # names and shapes only
+        model = Transformer(load_config(folder), head=head, num_labels=num_labels)
+    try:
+        broken = first_non_finite_tensor(model, weight_files(folder))
+    except SafetensorError as error:  # a truncated download, or not safetensors at all
+        raise CheckpointError(f"{folder}: a weight file is not readable safetensors ({error}); download or "
+                              "convert it again") from None
+    if broken is not None:
+        raise CheckpointError(f"{folder}: the checkpoint's {broken} holds nan or inf before any step: the "
+                              "checkpoint is broken; get it again")
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:

@@ -44,7 +44,7 @@ import sparse
 from evaluation import evaluate, load_task_data
 from model import load_config, load_tokenizer, resolve_checkpoint, weight_files
 from progtuning import METHODS, MODES, SCHEDULES, count_parameters, parse_blocks, stage_diagram, stage_of_step
-from recipe import (TASKS, Settings, build_model, counts_record, counts_table, ever_trainable, first_non_finite,
+from recipe import (TASKS, Settings, build_model, check_checkpoint, counts_record, counts_table, ever_trainable,
                     global_scope_note, plan, planned_entries, preset)
 from records import (COUNT_KIND, FORMAT_VERSION, RESULTS_KIND, block_numbers, check_same_data, checkpoint_meta,
                      read_json, summarize, upgrade_run, write_json_atomic)
@@ -456,10 +456,7 @@ def check_weights_first(settings: Settings) -> None:
         raise SystemExit(f"error: {folder} has config.json but no model.safetensors, so training would start "
                          "from random weights; add the weights, or pass --random-init if a random start is what "
                          "you mean (the records then say so)")
-    broken = first_non_finite(build_model(settings))
-    if broken is not None:
-        raise SystemExit(f"error: {folder}: the checkpoint's {broken} holds nan or inf before any step: the "
-                         "checkpoint is broken; get it again")
+    check_checkpoint(settings)
 
 
 def existing_results(settings: Settings, results_path: Path) -> dict | None:
