@@ -7,7 +7,7 @@ metric order of the Progtuning paper's tables (SPEC.md section 6: F1 before accu
 Pearson before Spearman for STS-B, exact match before F1 for SQuAD). The file's own `summary` is only
 cross-checked, never copied.
 
-    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--paired] [--times] [--plots DIR [--bench FILE]]
+    python report.py PATH [PATH ...] [--out FILE] [--baseline] [--overview] [--paired] [--times] [--compile] [--plots DIR [--bench FILE]]
 
 Each PATH is a results.json file or a folder searched recursively for results.json. Records of one
 configuration in several folders (its seeds run on several machines or days: settings equal but for where
@@ -19,6 +19,7 @@ that are not complete are left out, and files with no complete run are skipped; 
 --paired adds PT against FT seed by seed: per method, each shared seed's PT - FT on the main metric, the
 mean gap against FT's seed spread, and in how many seeds PT scored lower and ended with a higher training loss.
 --times adds FT against PT in wall minutes, epoch by epoch (an epoch is a stage when --stages equals --epochs).
+--compile adds torch.compile's graphs and seconds per stage, for runs made with --compile.
 --plots DIR writes tradeoff.png (score against updated parameters, FT -> PT arrows), curves-<task>.png (dev
 score per epoch, FT against PT, stage switches marked), probe-<task>.png for runs made with --train-blocks
 (the paper's Figure 1: score against the one block that trains) and, with --bench FILE (bench.py
@@ -116,6 +117,9 @@ class ResultRow:
     seed_losses: dict[int, float] = field(default_factory=dict)
     # per epoch, the mean over the complete runs of its wall seconds (training and the dev evaluation)
     epoch_seconds: list[float] = field(default_factory=list)
+    # with --compile: per stage record of runs[].compile, (stage, graphs, seconds), mean over the complete runs
+    compile_stages: list[tuple[int, float, float]] = field(default_factory=list)
+    commit: str | None = None  # environment.git_commit: which code made the record
 
 
 def _is_number(value: Any) -> bool:
@@ -212,8 +216,18 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
         majority_baseline=majority_baseline, reduction=float(reduction),
         wall_minutes=float(np.mean(wall_seconds)) / 60.0, runs_used=len(complete_runs),
         epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, seed_scores=seed_scores, seed_losses=seed_losses,
-        epoch_seconds=_epoch_seconds(per_run_epochs, path),
+        epoch_seconds=_epoch_seconds(per_run_epochs, path), compile_stages=_compile_stages(complete_runs),
+        commit=(record.get("environment") or {}).get("git_commit"),
     ), notes
+
+
+def _compile_stages(complete_runs: list[tuple[int, dict]]) -> list[tuple[int, float, float]]:
+    """runs[].compile (a run made with --compile) as (stage, graphs, seconds), mean over the runs that have it."""
+    records = [run.get("compile") for _, run in complete_runs if run.get("compile")]
+    if not records or len({len(r) for r in records}) != 1:
+        return []
+    return [(records[0][i]["stage"], float(np.mean([r[i]["graphs"] for r in records])),
+             float(np.mean([r[i]["seconds"] for r in records]))) for i in range(len(records[0]))]
 
 
 def _epoch_seconds(per_run_epochs: list[list[dict]], path: Path) -> list[float]:
@@ -728,6 +742,24 @@ def render_times(rows: list[ResultRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_compile(rows: list[ResultRow]) -> str:
+    """torch.compile per stage, for the records made with --compile: graphs built and seconds spent in the
+    steps that built them (runs[].compile), stage by stage, and stages 2.. against stage 1."""
+    lines = [_markdown_row(["task", "method", "mode", "commit", "graphs per stage", "compile s per stage",
+                            "stages 2.. / stage 1"]), _markdown_row(["---"] * 7)]
+    for row in sorted(rows, key=lambda r: (_task_rank(r.task), r.task, r.mode, r.commit or "")):
+        if not row.compile_stages:
+            continue
+        seconds = [s for _, _, s in row.compile_stages]
+        lines.append(_markdown_row([
+            row.task, _method_label(row), row.mode, (row.commit or DASH)[:7],
+            " / ".join(f"{g:g}" for _, g, _ in row.compile_stages), " / ".join(f"{s:.1f}" for s in seconds),
+            f"{sum(seconds[1:]) / seconds[0]:.2f}" if seconds[0] else DASH]))
+    if len(lines) == 2:
+        raise ResultsFormatError("--compile found no record made with --compile (runs[].compile)")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures (matplotlib, a dev dependency, imported only here)
 # --------------------------------------------------------------------------------------------------
@@ -979,6 +1011,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="also a table of PT against FT seed by seed (same task, method, options and lr)")
     parser.add_argument("--times", action="store_true",
                         help="also a table of FT against PT in wall minutes, epoch by epoch (stage by stage)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also a table of torch.compile's graphs and seconds per stage (runs made with --compile)")
     parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
     parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
     args = parser.parse_args(argv)
@@ -999,6 +1033,8 @@ def main(argv: list[str] | None = None) -> str:
         report = render_report(rows, baseline=args.baseline)
         if args.paired:
             report += "\n### PT against FT, seed by seed\n\n" + render_paired(rows)
+        if args.compile:
+            report += "\n### torch.compile per stage\n\n" + render_compile(rows)
         if args.times:
             report += "\n### wall time per epoch, FT against PT\n\n" + render_times(rows)
         if args.overview:

@@ -626,3 +626,18 @@ def test_times_table_compares_pt_with_ft_epoch_by_epoch(tmp_path: Path) -> None:
     assert "### wall time per epoch, FT against PT" in report.main([str(tmp_path), "--times"])
     with pytest.raises(report.ResultsFormatError, match="--times found no task"):
         report.render_times(rows[:1])
+
+
+def test_compile_table_shows_graphs_and_seconds_per_stage(tmp_path: Path) -> None:
+    record = make_results(finals=[{"rte": {"accuracy": 60.0}}] * 2)
+    for run, extra in zip(record["runs"], (0.0, 2.0)):
+        run["compile"] = [{"stage": 1, "epoch": 1, "graphs": 2, "seconds": 20.0 + extra, "batch_shapes": [[32, 64]]},
+                          {"stage": 2, "epoch": 2, "graphs": 1, "seconds": 5.0 + extra, "batch_shapes": [[32, 64]]},
+                          {"stage": 3, "epoch": 3, "graphs": 0, "seconds": 0.0, "batch_shapes": [[32, 64]]}]
+    record["environment"]["git_commit"] = "0123456789abcdef"
+    rows, _ = report.load_all([write_results(tmp_path / "compiled", record)])
+    table = report.render_compile(rows)
+    assert "| rte | full | pt | 0123456 | 2 / 1 / 0 | 21.0 / 6.0 / 0.0 | 0.29 |" in table
+    plain, _ = report.load_all([write_results(tmp_path / "eager", make_results())])
+    with pytest.raises(report.ResultsFormatError, match="--compile found no record"):
+        report.render_compile(plain)
