@@ -323,3 +323,34 @@ def test_real_mpnet_trains_exports_and_predicts(tmp_path, mpnet_dir, glue_dir):
     written = (out / "seed-1" / "predictions-rte.tsv").read_text().splitlines()
     assert [line.split("\t")[:2] for line in predictions.read_text().splitlines()[1:17]] == \
         [line.split("\t") for line in written[1:]]
+
+
+@pytest.mark.parametrize("extra", [("--method", "adapter"), ("--method", "bitfit"), ("--method", "lora"),
+                                   ("--method", "sam", "--burn-in-steps", "1", "--sparsity", "0.05"),
+                                   ("--train-blocks", "2")], ids=["adapter", "bitfit", "lora", "sam", "probe"])
+def test_every_method_and_the_probe_train_mpnet(tmp_path, tiny_mpnet, glue_dir, extra):
+    record = run.main(["--task", "rte", "--model", str(tiny_mpnet), "--data-dir", str(glue_dir), "--output-dir",
+                       str(tmp_path), "--epochs", "2", "--limit-train", "16", "--limit-eval", "8", "--batch-size",
+                       "8", *extra])
+    assert record["runs"][0]["status"] == "complete"
+    model = run.build_model(run.Settings.from_record(record["settings"]))
+    stages = run.plan(run.Settings.from_record(record["settings"]), model)
+    counts = P.count_parameters(model, stages, record["settings"]["method"], 2, steps_per_epoch=2,
+                                entries=record["runs"][0].get("mask", {}).get("entries_per_tensor"))
+    assert record["updated_params_per_epoch"] == counts.updated_params_per_epoch
+
+
+def test_a_span_head_exports_as_mpnet_question_answering(tmp_path, tiny_mpnet):
+    import export
+
+    torch.manual_seed(0)
+    model = M.from_pretrained(tiny_mpnet, head="span").eval()
+    export.export_model(model, run.parse_args(["--task", "squad", "--model", str(tiny_mpnet)]), tmp_path / "qa")
+    hf_model = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "qa").eval()
+    assert type(hf_model).__name__ == "MPNetForQuestionAnswering"
+    batch = padded_batch()
+    with torch.no_grad():
+        expected = hf_model(**batch)
+        start, end = model(**batch)
+    torch.testing.assert_close(start, expected.start_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(end, expected.end_logits, atol=1e-5, rtol=0)
