@@ -261,9 +261,6 @@ def tiny_mpnet(tmp_path_factory, minilm_dir) -> Path:
 
 
 def test_train_export_and_predict_end_to_end(tmp_path, tiny_mpnet, glue_dir):
-    import export
-    import predict
-
     out, exported = tmp_path / "run", tmp_path / "export"
     record = run.main(["--task", "rte", "--mode", "pt", "--model", str(tiny_mpnet), "--data-dir", str(glue_dir),
                        "--output-dir", str(out), "--epochs", "2", "--limit-train", "32", "--limit-eval", "16",
@@ -273,56 +270,45 @@ def test_train_export_and_predict_end_to_end(tmp_path, tiny_mpnet, glue_dir):
     config = json.loads((exported / "config.json").read_text())
     assert config["architectures"] == ["MPNetForSequenceClassification"]
 
+    assert type(export_matches_and_predicts(out, exported, tiny_mpnet, glue_dir, 16)).__name__ == \
+        "MPNetForSequenceClassification"
+
+
+def export_matches_and_predicts(out: Path, exported: Path, model_dir: Path, glue_dir: Path, rows: int):
+    """The export of run `out` loads in transformers with our logits on RTE dev pairs, and predict.py on it
+    gives the run's own dev predictions (the run evaluated the first `rows` rows; predict.py scores all)."""
+    import export
+    import predict
+
     ours, _, _ = export.load_run_model(out)
-    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
-    assert type(hf_model).__name__ == "MPNetForSequenceClassification"
-    tokenizer = M.load_tokenizer(tiny_mpnet)
-    examples = data.read_glue("rte", "dev", glue_dir)[:8]
-    batch = next(data.batches(data.encode_glue(examples, tokenizer, 128, regression=False), 8,
-                              tokenizer.pad_token_id))
     ours.eval()
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    tokenizer = M.load_tokenizer(model_dir)
+    batch = next(data.batches(data.encode_glue(data.read_glue("rte", "dev", glue_dir)[:8], tokenizer, 128,
+                                               regression=False), 8, tokenizer.pad_token_id))
     with torch.no_grad():
         expected = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         got = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-
-    predictions = tmp_path / "predictions.tsv"
+    predictions = out.parent / "predictions.tsv"
     predict.main(["--model", str(exported), "--task", "rte", "--input", str(glue_dir / "RTE" / "dev.tsv"),
                   "--output", str(predictions)])
     written = (out / "seed-1" / "predictions-rte.tsv").read_text().splitlines()
     predicted = predictions.read_text().splitlines()
-    # the run evaluated --limit-eval 16 rows; predict.py scored the whole file with the exported model
-    assert [line.split("\t")[:2] for line in predicted[1:17]] == [line.split("\t") for line in written[1:]]
+    assert [line.split("\t")[:2] for line in predicted[1:rows + 1]] == [line.split("\t") for line in written[1:]]
+    return hf_model
 
 
 def test_real_mpnet_trains_exports_and_predicts(tmp_path, mpnet_dir, glue_dir):
     """The real 12-block checkpoint end to end: two Progtuning epochs on 64 RTE pairs, the export loaded by
     transformers with our logits, and predict.py on the export giving the run's own dev predictions."""
-    import export
-    import predict
-
     out, exported = tmp_path / "run", tmp_path / "export"
     record = run.main(["--task", "rte", "--mode", "pt", "--model", str(mpnet_dir), "--data-dir", str(glue_dir),
                        "--output-dir", str(out), "--epochs", "2", "--limit-train", "64", "--limit-eval", "16",
                        "--batch-size", "32", "--export", str(exported)])
     assert [e["trainable_blocks"] for e in record["runs"][0]["epochs"]] == [list(range(1, 13)), list(range(7, 13))]
     assert record["total_params"] == 109_488_002
-    ours, _, _ = export.load_run_model(out)
-    ours.eval()
-    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
-    tokenizer = M.load_tokenizer(mpnet_dir)
-    batch = next(data.batches(data.encode_glue(data.read_glue("rte", "dev", glue_dir)[:16], tokenizer, 128,
-                                               regression=False), 16, tokenizer.pad_token_id))
-    with torch.no_grad():
-        expected = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        got = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    predictions = tmp_path / "predictions.tsv"
-    predict.main(["--model", str(exported), "--task", "rte", "--input", str(glue_dir / "RTE" / "dev.tsv"),
-                  "--output", str(predictions)])
-    written = (out / "seed-1" / "predictions-rte.tsv").read_text().splitlines()
-    assert [line.split("\t")[:2] for line in predictions.read_text().splitlines()[1:17]] == \
-        [line.split("\t") for line in written[1:]]
+    export_matches_and_predicts(out, exported, mpnet_dir, glue_dir, 16)
 
 
 @pytest.mark.parametrize("extra", [("--method", "adapter"), ("--method", "bitfit"), ("--method", "lora"),
