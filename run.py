@@ -50,7 +50,7 @@ from records import (COUNT_KIND, FORMAT_VERSION, RESULTS_KIND, block_numbers, ch
                      read_json, summarize, upgrade_run, write_json_atomic)
 from sparse import SPARSE_METHODS
 from training import (Interrupt, Interrupted, Progress, SeedRun, Stepper, check_weights, environment, export_dir,
-                      finish_seed, lr_at, prepare_mask)
+                      finish_seed, keep_large_tensors_in_the_heap, lr_at, prepare_mask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f"over the {processes} processes of this torchrun job (WORLD_SIZE={processes}); use a "
                          f"multiple of {processes}")
     world, settings.device = distributed.init(settings.device, settings.dist_timeout)
+    if settings.device == "cpu":
+        keep_large_tensors_in_the_heap()
     if not world.main:
         sys.stdout = open(os.devnull, "w")  # rank 0 reports for everyone; errors still reach stderr
     print("settings: " + json.dumps(dataclasses.asdict(settings)), flush=True)

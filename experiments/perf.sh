@@ -24,6 +24,9 @@ trap 'git worktree remove --force "$work/old" >/dev/null 2>&1; rm -rf "$work"' E
 git worktree add --detach "$work/old" "$old" >/dev/null 2>&1
 for side in old new; do
     tree=$([ "$side" = old ] && echo "$work/old" || pwd)
+    # a cold compile cache for each side: inductor keeps built graphs on disk, and a warm cache would time
+    # reading them back, not compiling
+    export TORCHINDUCTOR_CACHE_DIR="$work/inductor-$side"
     (cd "$tree" && python run.py --task sst2 --mode pt --model "$MINILM" --data-dir "$GLUE_DIR" --compile --amp \
         --limit-train 960 --limit-eval 32 --batch-size 32 --log-every 10 --overwrite \
         --output-dir "$out/compile-sst2-$side" > /dev/null)
