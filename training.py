@@ -715,9 +715,10 @@ def keep_large_tensors_in_the_heap() -> None:
     """On the CPU under glibc, let the training step's tensors (activations and gradients of a few MB each)
     come from the heap instead of one mmap and munmap each. glibc maps every allocation above its mmap
     threshold and raises that threshold as mapped blocks are freed, so where a step's tensors land depends on
-    what the process freed before training: measured on MiniLM's full fine-tuning step at 32 x 128
-    (records/perf, experiments/step-time.sh), a fixed 64 MiB threshold made the step 3-5% faster than the
-    default, and a fixed 128 KiB one 40% slower. Elsewhere (another C library, another OS) nothing changes."""
+    what the process freed before training. Measured on MiniLM's full fine-tuning step at 32 x 128 against
+    the loop before this one (experiments/step-time.sh; PERFORMANCE.md): 1.02-1.03x its time with the default
+    threshold, 0.97-0.99x with this fixed 64 MiB one; a fixed 128 KiB one made both 40% slower. Elsewhere
+    (another C library, another OS) nothing changes."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
     try:
