@@ -592,21 +592,26 @@ def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> N
     assert 400 <= width <= 2400 and 250 <= height <= 1600
 
 
-@pytest.mark.parametrize("marker, args", [
-    ("part2b", ["records/part2", "--baseline", "--overview", "--paired"]),
-    ("gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"]),
-    ("cpu-cola-lora-preset", ["records/preset", "--baseline", "--paired"]),
+@pytest.mark.parametrize("document, marker, args, section", [
+    ("RESULTS.md", "part2b", ["records/part2", "--baseline", "--overview", "--paired"], None),
+    ("RESULTS.md", "gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"], None),
+    ("RESULTS.md", "cpu-cola-lora-preset", ["records/preset", "--baseline", "--paired"], None),
+    ("PERFORMANCE.md", "perf-compile", ["records/perf", "--compile"], "### torch.compile per stage"),
 ])
-def test_results_tables_are_report_output_on_the_committed_records(marker: str, args: list[str],
-                                                                   capsys: pytest.CaptureFixture) -> None:
-    """RESULTS.md's blocks between <!-- MARKER:begin/end --> are what report.py prints on the records in git
-    (its ### headings set one level lower, under RESULTS.md's ### sections): no number in them is typed."""
-    results = (REPO_DIR / "RESULTS.md").read_text(encoding="utf-8")
+def test_document_tables_are_report_output_on_the_committed_records(document: str, marker: str, args: list[str],
+                                                                    section: str | None,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """A document's blocks between <!-- MARKER:begin/end --> are what report.py prints on the records in git
+    (its ### headings set one level lower, under the document's ### sections; `section`: only report.py's
+    section from that heading on): no number in them is typed."""
+    text = (REPO_DIR / document).read_text(encoding="utf-8")
     begin, end = f"<!-- {marker}:begin -->\n", f"<!-- {marker}:end -->"
-    assert results.count(begin) == 1 and results.count(end) == 1, f"RESULTS.md needs one {begin.strip()} ... {end}"
-    block = results[results.index(begin) + len(begin):results.index(end)]
+    assert text.count(begin) == 1 and text.count(end) == 1, f"{document} needs one {begin.strip()} ... {end}"
+    block = text[text.index(begin) + len(begin):text.index(end)]
     generated = report.main([str(REPO_DIR / args[0]), *args[1:]])
     capsys.readouterr()
+    if section is not None:
+        generated = generated[generated.index(section):]
     assert block.strip() == generated.replace("### ", "#### ").strip()
 
 
