@@ -11,6 +11,7 @@ Reading order:
   SeedRun                               a seed's record and position, its checkpoint and --resume
   prepare_mask                          a sparse method's fixed mask (SPEC.md section 9), SAM's burn-in
   finish_seed                           what a finished seed leaves: trained file, export, no checkpoint
+  keep_large_tensors_in_the_heap        the CPU step's tensors from glibc's heap, not an mmap each
   environment, machine                  which machine a record was made on
 """
 
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -494,7 +496,7 @@ class SeedRun:
         self.run["wall_seconds"] += now - self.clock
         self.clock = now
 
-    def interrupt(self, stepper: Stepper, progress: Progress, exit_code: int):
+    def interrupt(self, stepper: Stepper, progress: Progress, exit_code: int) -> NoReturn:
         """Checkpoint where the loop stands and stop: Interrupted carries the exit code out of run.main."""
         self._tick()
         self.run["status"] = "interrupted"
