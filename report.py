@@ -115,7 +115,7 @@ class ResultRow:
     # seed -> the main metric's final score and the last epoch's training loss, for pairing FT with PT
     seed_scores: dict[int, float] = field(default_factory=dict)
     seed_losses: dict[int, float] = field(default_factory=dict)
-    # per epoch, the median over the complete runs of its wall seconds (training and the dev evaluation)
+    # per epoch, the least over the complete runs of its wall seconds (training and the dev evaluation)
     epoch_seconds: list[float] = field(default_factory=list)
     # with --compile: per stage record of runs[].compile, (stage, graphs, seconds), mean over the complete runs
     compile_stages: list[tuple[int, float, float]] = field(default_factory=list)
@@ -231,9 +231,9 @@ def _compile_stages(complete_runs: list[tuple[int, dict]]) -> list[tuple[int, fl
 
 
 def _epoch_seconds(per_run_epochs: list[list[dict]], path: Path) -> list[float]:
-    """Per epoch, the median over the runs of its wall seconds: one run that shared its machine with other
-    work for a while does not move it."""
-    return [float(np.median([_require(epochs[index], "wall_seconds", path, f"runs[*].epochs[{index}]", "a number",
+    """Per epoch, the least over the runs of its wall seconds: work that shares the machine only ever slows a
+    run down, so the fastest seed is the one nearest the epoch's own cost."""
+    return [float(np.min([_require(epochs[index], "wall_seconds", path, f"runs[*].epochs[{index}]", "a number",
                                     "the epoch's seconds") for epochs in per_run_epochs]))
             for index in range(len(per_run_epochs[0]))]
 
@@ -722,7 +722,7 @@ def render_paired(rows: list[ResultRow]) -> str:
 
 def render_times(rows: list[ResultRow]) -> str:
     """FT against PT in wall time, epoch by epoch (an epoch is a stage when --stages equals --epochs): each
-    mode's minutes per epoch, the median over its complete seeds (training and the dev evaluation), and PT / FT
+    mode's minutes per epoch, the fastest of its complete seeds (training and the dev evaluation), and PT / FT
     per epoch and for the whole run. Times are only comparable where both modes ran on the same machine."""
     pairs: dict[tuple, dict[str, ResultRow]] = {}
     for row in sorted(rows, key=_row_sort_key):
