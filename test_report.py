@@ -593,6 +593,7 @@ def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("document, marker, args, section", [
+    ("RESULTS.md", "mpnet", ["records/mpnet", "--baseline", "--paired", "--times"], None),
     ("RESULTS.md", "part2b", ["records/part2", "--baseline", "--overview", "--paired"], None),
     ("RESULTS.md", "gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"], None),
     ("RESULTS.md", "cpu-cola-lora-preset", ["records/preset", "--baseline", "--paired"], None),
