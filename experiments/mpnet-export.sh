@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/mpnet/rte-pt-full}
 GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 OUT=$RUN-export
-[ -f "$RUN/seed-1/checkpoint.safetensors" ] || { echo "error: no seed-1 checkpoint in $RUN; run experiments/mpnet.sh first" >&2; exit 2; }
+[ -f "$RUN/seed-1/checkpoint.safetensors" ] ||
+    { echo "error: no seed-1 checkpoint in $RUN; run experiments/mpnet.sh first" >&2; exit 2; }
 
 python export.py "$RUN" --seed 1 --to "$OUT" --overwrite
 python predict.py --model "$OUT" --task rte --input "$GLUE_DIR/RTE/dev.tsv" --output "$OUT-dev.tsv"
@@ -27,7 +28,7 @@ import export
 import model as M
 
 run, out, glue = map(Path, sys.argv[1:])
-ours_model, _, seed = export.load_run_model(run, 1)
+ours_model, _, _ = export.load_run_model(run, 1)
 ours_model.eval()
 theirs_model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
 tokenizer = M.load_tokenizer(out)
@@ -43,10 +44,12 @@ with torch.no_grad():
 labels = ["entailment", "not_entailment"]
 predicted = [line.split("\t")[1] for line in (out.parent / f"{out.name}-dev.tsv").read_text().splitlines()[1:]]
 ours_labels = [labels[i] for i in torch.cat(ours_all).argmax(-1).tolist()]
-run_labels = [line.split("\t")[1] for line in (run / "seed-1" / "predictions-rte.tsv").read_text().splitlines()[1:]]
+run_file = run / "seed-1" / "predictions-rte.tsv"
+run_labels = [line.split("\t")[1] for line in run_file.read_text().splitlines()[1:]]
 gold = [labels[e.label] for e in examples]
 accuracy = 100 * sum(p == g for p, g in zip(predicted, gold)) / len(gold)
-print(f"export of {run} seed 1: {len(examples)} RTE dev pairs, max |our logits - transformers' logits| = {worst:.2e} (fp32)")
+print(f"export of {run} seed 1: {len(examples)} RTE dev pairs, "
+      f"max |our logits - transformers' logits| = {worst:.2e} (fp32)")
 print(f"predict.py on the export: accuracy {accuracy:.2f}; same labels as our fp32 forward on "
       f"{sum(p == o for p, o in zip(predicted, ours_labels))}/{len(gold)}, as the run's bf16 evaluation on "
       f"{sum(p == r for p, r in zip(predicted, run_labels))}/{len(gold)}")
