@@ -25,6 +25,7 @@ import transformers
 
 import data
 import export
+import glue_eval
 import model as M
 
 run, out, glue = map(Path, sys.argv[1:])
@@ -41,16 +42,17 @@ with torch.no_grad():
         theirs = theirs_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         worst = max(worst, (ours - theirs).abs().max().item())
         ours_all.append(ours)
-labels = ["entailment", "not_entailment"]
-predicted = [line.split("\t")[1] for line in (out.parent / f"{out.name}-dev.tsv").read_text().splitlines()[1:]]
-ours_labels = [labels[i] for i in torch.cat(ours_all).argmax(-1).tolist()]
-run_file = run / "seed-1" / "predictions-rte.tsv"
-run_labels = [line.split("\t")[1] for line in run_file.read_text().splitlines()[1:]]
-gold = [labels[e.label] for e in examples]
-accuracy = 100 * sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+# class ids throughout: predict.py's label column (its file adds probabilities, so read_predictions, which
+# reads the run's own index<TAB>prediction file, does not take it), our argmax, the run's bf16 evaluation
+label_names = data.glue_task("rte").label_names
+predict_file = out.parent / f"{out.name}-dev.tsv"
+predicted = [label_names.index(line.split("\t")[1]) for line in predict_file.read_text().splitlines()[1:]]
+ours_ids = torch.cat(ours_all).argmax(-1).tolist()
+run_ids = glue_eval.read_predictions(run / "seed-1" / "predictions-rte.tsv", label_names, len(examples))
+accuracy = glue_eval.compute_metrics("rte", predicted, [e.label for e in examples])["accuracy"]
 print(f"export of {run} seed 1: {len(examples)} RTE dev pairs, "
       f"max |our logits - transformers' logits| = {worst:.2e} (fp32)")
 print(f"predict.py on the export: accuracy {accuracy:.2f}; same labels as our fp32 forward on "
-      f"{sum(p == o for p, o in zip(predicted, ours_labels))}/{len(gold)}, as the run's bf16 evaluation on "
-      f"{sum(p == r for p, r in zip(predicted, run_labels))}/{len(gold)}")
+      f"{sum(p == o for p, o in zip(predicted, ours_ids))}/{len(examples)}, as the run's bf16 evaluation on "
+      f"{sum(p == r for p, r in zip(predicted, run_ids))}/{len(examples)}")
 EOF
