@@ -7,6 +7,7 @@ Fields are split on tabs with quoting disabled, as the BERT and transformers GLU
 `"` is always part of the text. WNLI is left out, as in the Progtuning paper.
 
     read_glue(task, split, data_dir) -> GlueExamples  (a list of Example, plus .path and .skipped_rows)
+    subset_rows(total, size, seed) -> list[int]        (a fixed random training subset: row indices, in order)
     download_glue_task(task, data_dir) -> Path        (the task folder, fetched when it is missing)
 
 Splits are "train" and the dev split names in GLUE_TASKS: "dev" for every task except MNLI, whose dev
@@ -173,6 +174,16 @@ class GlueExamples(list[Example]):
 
 class GlueDownloadError(RuntimeError):
     pass
+
+
+def subset_rows(total: int, size: int, seed: int) -> list[int]:
+    """`size` of `total` rows drawn uniformly without replacement, returned in file order (run.py
+    --train-subset). The draw has its own seed, never the run's: FT and PT, and every training seed, see the
+    same rows, so a comparison across them changes the method and nothing else."""
+    if not 1 <= size <= total:
+        raise ValueError(f"--train-subset {size}: the training set has {total} rows; expected 1 to {total}")
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(total, size=size, replace=False))
 
 
 def glue_task(task: str) -> GlueTask:

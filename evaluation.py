@@ -10,6 +10,7 @@ Reading order:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -68,8 +69,7 @@ def _load_glue(settings: Settings, tokenizer) -> TaskData:
     train_examples = data.read_glue(settings.task, "train", data_dir)
     _report_skipped(train_examples)
     paths, skipped = [train_examples.path], {"train": train_examples.skipped_rows}
-    if settings.limit_train:
-        train_examples = train_examples[:settings.limit_train]
+    train_examples, subset_print = _training_rows(train_examples, settings, train_examples.path)
     train = data.encode_glue(train_examples, tokenizer, settings.max_length, task.is_regression)
     evals, baseline = [], {}
     for split in task.dev_splits:
@@ -83,7 +83,25 @@ def _load_glue(settings: Settings, tokenizer) -> TaskData:
         evals.append(EvalSet(split.report_name, encoded, examples))
         baseline[split.report_name] = _majority_metrics(split.report_name, train.targets["labels"],
                                                         encoded.targets["labels"], task.is_regression)
-    return TaskData(train, evals, baseline, fingerprint(paths), skipped)
+    return TaskData(train, evals, baseline, {**fingerprint(paths), **subset_print}, skipped)
+
+
+def _training_rows(examples: list, settings: Settings, path: Path) -> tuple[list, dict]:
+    """The training examples a run uses: all, the first --limit-train (smoke runs), or the fixed random
+    --train-subset (docs/method.md §5). The subset's rows join the data fingerprint, so a --resume, and
+    every seed and mode that is to be compared, provably trains on the same rows."""
+    if settings.limit_train:
+        return examples[:settings.limit_train], {}
+    if not settings.train_subset:
+        return examples, {}
+    rows = data.subset_rows(len(examples), settings.train_subset, settings.subset_seed)
+    chosen = [examples[i] for i in rows]
+    ids = "\n".join(getattr(example, "guid", None) or example.id for example in chosen)
+    print(f"training subset: {len(chosen)} of {len(examples)} rows of {path}, drawn uniformly without "
+          f"replacement with subset seed {settings.subset_seed}")
+    return chosen, {f"{path.parent.name}/{path.name} subset": {
+        "rows": len(chosen), "of": len(examples), "subset_seed": settings.subset_seed,
+        "sha256": hashlib.sha256(ids.encode()).hexdigest()}}
 
 
 def _report_skipped(examples) -> None:
@@ -101,9 +119,7 @@ def _load_squad(settings: Settings, tokenizer) -> TaskData:
     version_2 = settings.task == "squad_v2"
     data_dir = data.squad_data_dir(settings.data_dir)
     train_path, dev_path = data.squad_files(settings.task, data_dir, settings.train_file, settings.dev_file)
-    train_examples = data.read_squad(train_path, version_2)
-    if settings.limit_train:
-        train_examples = train_examples[:settings.limit_train]
+    train_examples, subset_print = _training_rows(data.read_squad(train_path, version_2), settings, train_path)
     train = data.squad_features(train_examples, tokenizer, settings.max_length, settings.doc_stride,
                                 training=True).encoded
     dev_examples = data.read_squad(dev_path, version_2)
@@ -116,7 +132,7 @@ def _load_squad(settings: Settings, tokenizer) -> TaskData:
     print(f"SQuAD: {len(train_examples)} training questions -> {len(train)} windows; "
           f"{len(dev_examples)} dev questions -> {len(features.encoded)} windows")
     return TaskData(train, [EvalSet(settings.task, features.encoded, dev_examples, features, dataset)], baseline,
-                    fingerprint([train_path, dev_path]))
+                    {**fingerprint([train_path, dev_path]), **subset_print})
 
 
 def squad_subset(dataset: dict, ids: set[str]) -> dict:

@@ -115,6 +115,8 @@ class Settings:
     burn_in_steps: int | None = None  # sam: batches whose gradients rank the entries (None: one epoch)
     null_threshold: float = 0.0
     limit_train: int | None = None
+    train_subset: int | None = None  # train on this many rows drawn at random, the same for every seed
+    subset_seed: int = 0             # the draw's own seed (data.subset_rows), never the run's
     limit_eval: int | None = None
     log_every: int = 50
     resume: bool = False
@@ -147,6 +149,7 @@ class Settings:
         keys = ("task", "mode", "method", "schedule", "model", "train_file", "dev_file", "epochs", "stages", "lr",
                 "batch_size", "max_length", "doc_stride", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "freeze_embeddings", "adapter_size", "lora_r", "lora_alpha", "lora_dropout", "limit_train",
+                "train_subset", "subset_seed",
                 "amp", "amp_dtype", "sparsity", "mask_scope", "burn_in_steps", "random_init", "limit_eval",
                 "train_blocks")
         return {k: getattr(self, k) for k in keys}

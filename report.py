@@ -259,7 +259,7 @@ def _what_ran(record: dict, path: Path) -> dict:
         if schedule not in SCHEDULE_ORDER:
             raise ResultsFormatError(f"{path}: settings.schedule is {schedule!r}; expected one of "
                                      f"{', '.join(SCHEDULE_ORDER)}")
-    limits = [f"{name}={settings[name]}" for name in ("limit_train", "limit_eval")
+    limits = [f"{name}={settings[name]}" for name in ("limit_train", "train_subset", "limit_eval")
               if settings.get(name) is not None]
     skipped = record.get("skipped_rows") or {}
     if any(skipped.values()):

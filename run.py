@@ -125,6 +125,9 @@ OPTIONS = [
     ("runs and records", "--count-only", dict(action="store_true", help="print the stage diagram and parameter "
                                               "counts from config.json; load no weights or data")),
     ("runs and records", "--limit-train", dict(type=int, help="train on the first N examples (smoke runs)")),
+    ("recipe", "--train-subset", dict(type=int, metavar="N", help="train on N rows drawn uniformly without "
+                                      "replacement, in file order; the same rows for every seed and mode")),
+    ("recipe", "--subset-seed", dict(type=int, help="the --train-subset draw's own seed (default 0)")),
     ("runs and records", "--limit-eval", dict(type=int, help="evaluate on the first N dev examples / questions")),
     ("runs and records", "--log-every", dict(type=int, default=50, help="progress line every N steps")),
     ("runs and records", "--null-threshold", dict(type=finite, default=0.0, help="SQuAD v2.0: answer nothing when "
@@ -160,6 +163,8 @@ CHECKS = [
     ("--log-every", lambda s: s.log_every >= 1, ">= 1"),
     ("--dist-timeout", lambda s: s.dist_timeout > 0, "> 0 (minutes)"),
     ("--limit-train", lambda s: s.limit_train is None or s.limit_train >= 1, ">= 1"),
+    ("--train-subset", lambda s: s.train_subset is None or s.train_subset >= 1, ">= 1"),
+    ("--subset-seed", lambda s: s.subset_seed >= 0, ">= 0"),
     ("--limit-eval", lambda s: s.limit_eval is None or s.limit_eval >= 2, ">= 2 (correlations need two examples)"),
     ("--sparsity", lambda s: 0 < s.sparsity <= 1, "in (0, 1] (the share of entries that train)"),
     ("--burn-in-steps", lambda s: s.burn_in_steps is None or s.burn_in_steps >= 1, ">= 1"),
@@ -211,6 +216,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if getattr(args, flag) is not None and args.method not in methods:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --method {'/'.join(methods)}, not --method "
                              f"{args.method}")
+    if args.train_subset is not None and args.limit_train is not None:
+        raise ValueError("give --train-subset (a fixed random sample) or --limit-train (the first rows), not both")
+    if args.subset_seed is not None and args.train_subset is None:
+        raise ValueError("--subset-seed applies with --train-subset N")
     if args.task not in data.SQUAD_VERSIONS and (args.train_file or args.dev_file):
         raise ValueError("--train-file / --dev-file select SQuAD files; GLUE files are found by task under --data-dir")
     seeds = _seeds(args)
