@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import HANG, TINY_CONFIG, build_tiny_bert
+import data
 import model as M
 import progtuning as P
 import records
@@ -89,6 +90,9 @@ def test_count_only_refuses_to_replace_a_training_record(tmp_path):
     (["--task", "rte", "--epochs", "0"], "--epochs must be >= 1"),
     (["--task", "rte", "--train-file", "x.json"], "select SQuAD files"),
     (["--task", "wnli"], "invalid choice"),
+    (["--task", "rte", "--train-subset", "100", "--limit-train", "8"], "not both"),
+    (["--task", "rte", "--subset-seed", "3"], "--subset-seed applies with --train-subset"),
+    (["--task", "rte", "--train-subset", "0"], "--train-subset must be >= 1"),
 ])
 def test_command_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -581,6 +585,33 @@ def test_resume_refuses_other_data_and_another_dev_subset(tmp_path, tiny_dir, gl
                           glue_dir=glue_dir))
     run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=glue_dir))
     assert results_of(out)["runs"][0]["status"] == "complete"
+
+
+def test_train_subset_is_one_fixed_draw_for_every_seed_and_mode(tmp_path, tiny_dir, glue_dir, capsys):
+    short = ("--epochs", 1, "--limit-eval", 4, "--batch-size", 8, "--train-subset", 16)
+    run.main(run_args(tiny_dir, tmp_path / "ft", *short, "--mode", "ft", "--seeds", "1,2", glue_dir=glue_dir))
+    run.main(run_args(tiny_dir, tmp_path / "pt", *short, "--mode", "pt", "--seed", 3, glue_dir=glue_dir))
+    assert "training subset: 16 of 2490 rows" in capsys.readouterr().out
+    ft, pt = results_of(tmp_path / "ft"), results_of(tmp_path / "pt")
+    drawn = ft["data_files"]["RTE/train.tsv subset"]
+    assert drawn == pt["data_files"]["RTE/train.tsv subset"]  # the same rows, whatever the seed and mode
+    assert (drawn["rows"], drawn["of"], drawn["subset_seed"]) == (16, 2490, 0)
+    assert ft["runs"][0]["steps_per_epoch"] == 2
+    assert report.row_from_record(ft, tmp_path / "ft" / "results.json")[0].subset == "train_subset=16, limit_eval=4"
+    # The draw itself: sorted rows, a function of its own seed only, refused beyond the file.
+    rows = data.subset_rows(2490, 16, 0)
+    assert rows == sorted(set(rows)) and len(rows) == 16 and rows == data.subset_rows(2490, 16, 0)
+    assert rows != data.subset_rows(2490, 16, 1) and rows != list(range(16))
+    with pytest.raises(ValueError, match="the training set has 10 rows"):
+        data.subset_rows(10, 11, 0)
+    # Another draw is another run: refused by its settings, and by the rows' fingerprint on its own.
+    more = run_args(tiny_dir, tmp_path / "pt", *short, "--mode", "pt", "--seeds", "3,4", "--resume", glue_dir=glue_dir)
+    with pytest.raises(SystemExit, match="subset_seed: recorded 0, now 5"):
+        run.main(more + ["--subset-seed", "5"])
+    pt["data_files"]["RTE/train.tsv subset"]["sha256"] = "0" * 64
+    (tmp_path / "pt" / "results.json").write_text(json.dumps(pt))
+    with pytest.raises(SystemExit, match=r"reads other data .*RTE/train.tsv subset"):
+        run.main(more)
 
 
 def test_no_keep_checkpoint_removes_a_finished_seeds_checkpoint(tmp_path, tiny_dir, glue_dir):
