@@ -1,5 +1,5 @@
 """What a Progtuning stage really costs: training-step time and peak memory per stage, against full
-fine-tuning and against a simple cost model (SPEC.md section 8; the paper itself counts only updated
+fine-tuning and against a simple cost model (docs/method.md §8; the paper itself counts only updated
 parameters, section 4).
 
 For every case -- full fine-tuning (ft), each stage of a T-stage Progtuning run (pt stage k), and the
@@ -68,7 +68,7 @@ CONFIGS = {
 
 
 # --------------------------------------------------------------------------------------------------
-# The cost model (SPEC.md section 8)
+# The cost model (docs/method.md §8)
 # --------------------------------------------------------------------------------------------------
 
 def cost_units(num_blocks: int, trainable_blocks: list[int], method: str = "full",
@@ -497,7 +497,7 @@ def make_optimizer(model: nn.Module, mask: sparse.Mask | None = None) -> torch.o
     return torch.optim.AdamW(groups, lr=2e-5, fused=True if on_cuda else None)
 
 
-SPARSITY = 0.005  # the sparse methods' default (SPEC 9), scope tensor
+SPARSITY = 0.005  # the sparse methods' default (docs/method.md §9), scope tensor
 
 
 def sparse_case_mask(s: BenchSettings, case: Case, model: nn.Module, batch: dict, labels: torch.Tensor) -> sparse.Mask:

@@ -1,6 +1,6 @@
 """evaluation.py: a run's data and its dev-set scores -- the task's training and dev sets tokenized once per
 run (GLUE pairs, SQuAD windows), and each epoch's evaluation: model outputs on a dev set, its metrics
-(SPEC.md section 6, glue_eval.py and squad_eval.py) and the predictions files.
+(docs/method.md §6, glue_eval.py and squad_eval.py) and the predictions files.
 
 Reading order:
   TaskData, load_task_data      what a run reads: training rows, dev sets, the majority baseline, file prints

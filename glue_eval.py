@@ -1,4 +1,4 @@
-"""GLUE dev-set metrics, as reported in the Progtuning paper (SPEC.md section 6).
+"""GLUE dev-set metrics, as reported in the Progtuning paper (docs/method.md §6).
 
 The metric per task follows the GLUE benchmark (Wang et al. 2018, "GLUE: A Multi-Task Benchmark and
 Analysis Platform for Natural Language Understanding"): Matthews correlation for CoLA, F1 and accuracy
@@ -131,7 +131,7 @@ METRIC_FUNCTIONS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
     "spearman": spearman,
 }
 
-# Task -> metrics in reporting order (SPEC.md section 6); the first one is the task's main metric.
+# Task -> metrics in reporting order (docs/method.md §6); the first one is the task's main metric.
 # MNLI has two dev sets; callers name them mnli-m (matched) and mnli-mm (mismatched).
 TASK_METRICS: dict[str, list[str]] = {
     "cola": ["mcc"],
@@ -150,7 +150,7 @@ TASK_METRICS: dict[str, list[str]] = {
 def metric_names(task: str) -> list[str]:
     if task == "wnli":
         raise ValueError(
-            "WNLI is excluded from evaluation, as in the Progtuning paper (SPEC.md section 5); "
+            "WNLI is excluded from evaluation, as in the Progtuning paper (docs/method.md §5); "
             f"use one of: {', '.join(TASK_METRICS)}"
         )
     if task not in TASK_METRICS:

@@ -8,7 +8,7 @@ names for the attention sublayer. The module names follow the Hugging Face BERT 
 `state_dict()` equals a checkpoint's keys minus the `bert.` / `roberta.` / `mpnet.` prefix; every rename
 that remains is in the tables `CHECKPOINT_KEY_RULES` and `SUBLAYER_NAMES` below.
 
-Progtuning (SPEC.md section 1) sees the model as M = E ∘ B_1 ∘ … ∘ B_L ∘ H. Here:
+Progtuning (docs/method.md §1) sees the model as M = E ∘ B_1 ∘ … ∘ B_L ∘ H. Here:
     E   = `embeddings.*` (and MPNet's `encoder.relative_attention_bias.*`: see part_of)
     B_i = `encoder.layer.{i-1}.*`   (0-based module index; `model.blocks` lists them low to high)
     H   = `pooler.*`, `classifier.*` (sequence tasks) or `qa_outputs.*` (span prediction)

@@ -1,5 +1,6 @@
 """Progtuning: progressive fine-tuning of Transformer encoders (Ji, Zhao, Chen, Zhao, Liu, "Progtuning:
-Progressive Fine-tuning Framework for Transformer-based Language Models"), as fixed by SPEC.md.
+Progressive Fine-tuning Framework for Transformer-based Language Models"), as docs/method.md
+states it.
 
 The L blocks are split into T contiguous parts; stage t trains parts t..T (schedule `shrink`), so low
 blocks stop training early. Adapter (Houlsby et al. 2019), LoRA (Hu et al. 2021) and BitFit (Ben Zaken
@@ -12,7 +13,7 @@ Reading order:
   count_parameters, stage_diagram          the paper's cost measure: updated parameters
 
 Block indices are 0-based, as in the module names `encoder.layer.{i}`; stages and epochs are 1-based,
-as in the paper. Part t (1-based) is `range(b_{t-1}, b_t)` with b_t = floor(t·L/T) — SPEC's
+as in the paper. Part t (1-based) is `range(b_{t-1}, b_t)` with b_t = floor(t·L/T) — docs/method.md §2's
 "blocks b_{t-1}+1 … b_t" in 1-based numbering.
 """
 
@@ -35,7 +36,7 @@ MODES = ("ft", "pt")
 
 
 # --------------------------------------------------------------------------------------------------
-# The schedule (SPEC.md section 2)
+# The schedule (docs/method.md §2)
 # --------------------------------------------------------------------------------------------------
 
 def partition(num_blocks: int, num_stages: int) -> list[range]:
@@ -113,7 +114,7 @@ def stage_of_step(step: int, total_steps: int, num_stages: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# The PEFT modules (SPEC.md section 3)
+# The PEFT modules (docs/method.md §3)
 # --------------------------------------------------------------------------------------------------
 
 class Adapter(nn.Module):
@@ -188,7 +189,7 @@ class LoRALinear(nn.Linear):
 
 @dataclass
 class MethodOptions:
-    """Hyper-parameters of the PEFT methods (SPEC.md section 3 defaults)."""
+    """Hyper-parameters of the PEFT methods (docs/method.md §3 defaults)."""
     adapter_size: int = 64
     lora_r: int = 8
     lora_alpha: float = 8.0
@@ -237,7 +238,7 @@ def lora_layers(model: nn.Module) -> list[LoRALinear]:
 
 
 # --------------------------------------------------------------------------------------------------
-# What trains in a stage (SPEC.md sections 2 and 3)
+# What trains in a stage (docs/method.md §2 and §3)
 # --------------------------------------------------------------------------------------------------
 
 def method_trains(method: str, name: str, freeze_embeddings: bool = False) -> bool:
@@ -302,7 +303,7 @@ def apply_stage(model: nn.Module, trainable_blocks: list[int], method: str,
 
 
 # --------------------------------------------------------------------------------------------------
-# Counting (SPEC.md section 4)
+# Counting (docs/method.md §4)
 # --------------------------------------------------------------------------------------------------
 
 @dataclass

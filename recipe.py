@@ -1,5 +1,5 @@
-"""recipe.py: what a run trains -- the paper's recipes (SPEC.md section 5), the settings a run records, the
-model those settings build, and its plan: the stages and the parameter counts (SPEC.md sections 2 and 4).
+"""recipe.py: what a run trains -- the paper's recipes (docs/method.md §5), the settings a run records, the
+model those settings build, and its plan: the stages and the parameter counts (docs/method.md §2 and §4).
 
 Reading order:
   preset                          the recipe's defaults for a task and method, and where they come from
@@ -36,7 +36,7 @@ TASKS = GLUE_TASK_NAMES + SQUAD_TASK_NAMES
 
 
 # --------------------------------------------------------------------------------------------------
-# Recipes (SPEC.md section 5). Every value is a default that a command-line flag overrides.
+# Recipes (docs/method.md §5). Every value is a default that a command-line flag overrides.
 # --------------------------------------------------------------------------------------------------
 
 # LoRA for RoBERTa-base (Hu et al. 2021, Table 9): epochs and peak learning rate per task.

@@ -3,7 +3,7 @@
 Reads the `results.json` files that run.py writes (kind "progtuning-results", format_version 1 or 2) and prints
 one markdown table per (task, model), one row per file. Scores are recomputed from the `final` metrics of
 the runs whose status is "complete" as mean ± sample standard deviation (ddof=1) over seeds, in the
-metric order of the Progtuning paper's tables (SPEC.md section 6: F1 before accuracy for MRPC/QQP,
+metric order of the Progtuning paper's tables (docs/method.md §6: F1 before accuracy for MRPC/QQP,
 Pearson before Spearman for STS-B, exact match before F1 for SQuAD). The file's own `summary` is only
 cross-checked, never copied.
 
@@ -1041,7 +1041,7 @@ def plot_curves(rows: list[ResultRow], task: str, path: Path) -> Path:
 
 
 def plot_bench(bench_path: Path, path: Path) -> Path:
-    """bench.py's step time per stage, as a share of full fine-tuning's, against SPEC 8's cost model."""
+    """bench.py's step time per stage, as a share of full fine-tuning's, against docs/method.md §8's cost model."""
     plt = _pyplot()
     try:
         bench = json.loads(Path(bench_path).read_text(encoding="utf-8"))

@@ -1,5 +1,5 @@
 """Sparse fine-tuning (Fu et al., "On the Effectiveness of Parameter-Efficient Fine-Tuning", AAAI 2023),
-as fixed by SPEC.md section 9: a fixed 0/1 mask over the pretrained weights, of which only the masked-in
+as fixed by docs/method.md §9: a fixed 0/1 mask over the pretrained weights, of which only the masked-in
 entries train (θ = θ0 + M·δ). Three rules choose the mask:
 
   sam        SAM: rank entry i by |g_i|, g = Σ_b g_b the summed per-batch mean gradients of the training
@@ -11,7 +11,7 @@ Scope `tensor` takes k = floor(s·numel) entries of every eligible tensor (E and
 trains), scope `global` one top-k with k = floor(s·N) over all of them together. The task head H trains
 whole and is not masked.
 
-Training differs from the authors' code in two ways (SPEC 9): SparseAdamW keeps moments only for the
+Training differs from the authors' code in two ways (docs/method.md §9): SparseAdamW keeps moments only for the
 masked-in entries (2·k floats per tensor, not 2·numel), and weight decay touches masked-in entries only,
 so every other entry stays bitwise equal to θ0 for the whole run. Gradients are masked where autograd
 hands them over (mask_gradients), so clipping and loss scaling see the gradient that trains.

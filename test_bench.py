@@ -1,5 +1,5 @@
 """bench.py: the cost model against hand-computed numbers, the smoke run's JSON, and proof that freezing
-E makes the backward pass stop at the lowest trainable block (SPEC.md section 8)."""
+E makes the backward pass stop at the lowest trainable block (docs/method.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for glue_eval.py (GLUE metrics, SPEC.md section 6) and squad_eval.py (the official SQuAD v1.1 /
+"""Tests for glue_eval.py (GLUE metrics, docs/method.md §6) and squad_eval.py (the official SQuAD v1.1 /
 v2.0 evaluation, reimplemented): hand-computed values, degenerate inputs, the shared SQuAD dev files,
 and the command line."""
 

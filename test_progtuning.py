@@ -139,8 +139,8 @@ def test_counts_match_hand_computation(method, mode):
     assert counts.reduction == pytest.approx(1 - sum(per_epoch) / (3 * (outside + 3 * per_block)))
 
 
-def test_count_for_full_fine_tuning_spec_example():
-    """SPEC.md: full fine-tuning of a model for 3 epochs updates 3 × its size."""
+def test_count_for_full_fine_tuning_method_example():
+    """docs/method.md §4: full fine-tuning of a model for 3 epochs updates 3 × its size."""
     model = tiny_model("full")
     counts = P.count_parameters(model, P.plan_stages(3, 3, "ft"), "full", epochs=3)
     assert counts.updated_params == 3 * 626 and counts.reduction == 0

@@ -1,4 +1,4 @@
-"""Sparse fine-tuning (sparse.py, SPEC section 9): how many entries each rule picks and which, SAM's burn-in
+"""Sparse fine-tuning (sparse.py, docs/method.md §9): how many entries each rule picks and which, SAM's burn-in
 touching nothing, SparseAdamW against torch's AdamW, masked runs that leave every other entry bitwise
 alone (with Progtuning's frozen stages too), resume through an interrupted burn-in, the counts, and the
 trained file that rebuilds the model."""

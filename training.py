@@ -1,7 +1,7 @@
 """training.py: the machinery behind run.py's training loop, so that the loop itself reads as the method.
 
 Reading order:
-  lr_at, compute_loss, make_optimizer   the recipe's schedule, loss and optimizer (SPEC.md section 5)
+  lr_at, compute_loss, make_optimizer   the recipe's schedule, loss and optimizer (docs/method.md §5)
   Stepper                               one training step that never waits for the device, and the stage
                                         switch: requires_grad by name (progtuning.apply_stage), DDP rebuilt
   compile_blocks, CompileLog            torch.compile per block: one graph that every block reuses
@@ -9,7 +9,7 @@ Reading order:
                                         the ETA, the non-finite check and (torchrun) the stop flag
   Interrupt, Interrupted                Ctrl-C / SIGTERM: finish the step, checkpoint, stop
   SeedRun                               a seed's record and position, its checkpoint and --resume
-  prepare_mask                          a sparse method's fixed mask (SPEC.md section 9), SAM's burn-in
+  prepare_mask                          a sparse method's fixed mask (docs/method.md §9), SAM's burn-in
   finish_seed                           what a finished seed leaves: trained file, export, no checkpoint
   keep_large_tensors_in_the_heap        the CPU step's tensors from glibc's heap, not an mmap each
   environment, machine                  which machine a record was made on
@@ -549,7 +549,7 @@ def check_weights(model: Transformer, epoch: int, settings: Settings) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# A sparse method's mask (SPEC.md section 9)
+# A sparse method's mask (docs/method.md §9)
 # --------------------------------------------------------------------------------------------------
 
 def prepare_mask(settings: Settings, seed_run: SeedRun, model: Transformer, stages: list[list[int]],
