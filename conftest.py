@@ -19,7 +19,7 @@ HANG = 1800
 
 
 def shared_data_dir() -> Path:
-    """The team's real data: $PROGTUNING_DATA, else ../shared/data next to the checkout."""
+    """The real GLUE and SQuAD files: $PROGTUNING_DATA, else ../shared/data next to the checkout."""
     return Path(os.environ.get("PROGTUNING_DATA") or Path(__file__).resolve().parent.parent / "shared" / "data")
 
 
@@ -37,6 +37,17 @@ def squad_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real SQuAD data not found at {path} (set PROGTUNING_DATA to the folder holding squad/)")
     return path
+
+
+def squad_file(squad_dir: Path, name: str, exact: bool = False) -> Path:
+    """A SQuAD file a test reads. Our data folder holds cut-down copies of the official files
+    ("train-v1.1.subset.json"); a folder with only the official files serves the same tests through the file
+    a subset was cut from ("train-v1.1.json"), unless the test needs that exact file (its row counts)."""
+    candidates = [name] if exact else [name, name.replace(".subset.json", ".json")]
+    for candidate in candidates:
+        if (squad_dir / candidate).is_file():
+            return squad_dir / candidate
+    pytest.skip(f"{' or '.join(candidates)} not found in {squad_dir}")
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,7 @@ if [ "$DRY" = 1 ]; then
     RUN=(--device cpu --compile --compile-backend aot_eager --amp --limit-train 32 --limit-eval 16 --batch-size 16)
     TASKS="rte"  # MRPC's runs take the same path with another metric; the CI suite's time is better spent elsewhere
 else
-    # 5 + 30 steps: a 2 + 10 median moved by up to 80% between two leases; 25 more steps cost about 1 s a case
+    # 5 + 30 steps: a 2 + 10 median moved by up to 80% between two machines; 25 more steps cost about 1 s a case
     BENCH=(--device cuda --config bert-base --batch-size 32 --seq-len 128 --warmup 5 --steps 30)
     RUN=()  # run.py's CUDA defaults: torch.compile (inductor) and bf16 autocast
     TASKS="rte mrpc sst2"

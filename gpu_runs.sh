@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# gpu_runs.sh: the real-data runs a 2-core CPU cannot afford, in one go on a lent GPU that can neither
+# gpu_runs.sh: the real-data runs a 2-core CPU cannot afford, in one go on a GPU machine that can neither
 # install nor download (a companion of gpu_check.sh, which proves the GPU path; this one uses it):
 #   - the block probe on SST-2, the paper's Figure 1 task (blocks 1..6 and none, full ft and pt);
 #   - LoRA at its preset epochs (CoLA 80, MRPC 30, STS-B 40; ft and pt), which the CPU runs cut to 6;
 #     CoLA's 80 epochs (about 43k steps a run) ran on the CPU instead, about an hour a run on one
-#     core (RESULTS.md); here they likely need --resume calls and may outlast a 15-minute lease (its
-#     work dir, with the checkpoints, goes back with the machine);
+#     core (RESULTS.md); here they likely need --resume invocations and may outlast a short time budget
+#     (the work dir keeps the checkpoints for as long as the machine keeps it);
 #   - SAM on MRPC (ft and pt), the sparse path's first runs on a GPU;
 #   - SST-2 for the methods whose preset is 3 epochs (adapter, bitfit, sam, random, magnitude; ft and pt).
 # One seed each (--seeds), MiniLM weights rounded to fp16 (what travels), run.py's CUDA defaults
@@ -15,8 +15,8 @@
 #   bash gpu_runs.sh --prepare               # CPU machine: gpu_check's carry + GLUE SST-2, STS-B, CoLA
 #   bash gpu_runs.sh --out DIR               # GPU machine, with .gpu_carry/ carried along
 #   bash gpu_runs.sh --dry-run --out DIR     # every job on the CPU at toy sizes (flags and records)
-#   bash gpu_runs.sh --out DIR2 --resume WORK --only NAME   # go on with a job the budget cut, while the
-#                                            # machine is still warm (WORK: the log's "work dir" line)
+#   bash gpu_runs.sh --out DIR2 --resume WORK --only NAME   # go on with a job the budget cut, on the
+#                                            # same machine (WORK: the log's "work dir" line)
 #
 # DIR receives gpu_runs.log (everything printed), jobs.tsv (job, exit code, seconds) and runs.tar.gz
 # (each job's output folder without checkpoints, and its log); unpack with `tar xzf runs.tar.gz -C runs/gpu`
@@ -70,7 +70,7 @@ fi
 BUDGET=${BUDGET:-$([ "$DRY" = 1 ] && echo 1800 || echo 480)}
 mkdir -p "$OUT" || { echo "error: cannot create --out $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
-if [ -n "$RESUME" ]; then  # the cut-off jobs' checkpoints are in the earlier call's work dir
+if [ -n "$RESUME" ]; then  # the cut-off jobs' checkpoints are in the earlier invocation's work dir
     WORK=$(cd "$RESUME" && pwd)
 else
     WORK=$(mktemp -d)
@@ -101,7 +101,7 @@ for k in 1 2 3 4 5 6 none; do
     JOBS+=("sst2-blocks-$k --task sst2 --train-blocks $k")
 done
 JOBS+=("mrpc-sam-ft --task mrpc --mode ft --method sam" "mrpc-sam-pt --task mrpc --mode pt --method sam")
-for m in sam adapter bitfit random magnitude; do  # LoRA's SST-2 preset, 60 epochs, is beyond one lease
+for m in sam adapter bitfit random magnitude; do  # LoRA's SST-2 preset, 60 epochs, is beyond one time budget
     JOBS+=("sst2-$m-ft --task sst2 --mode ft --method $m" "sst2-$m-pt --task sst2 --mode pt --method $m")
 done
 

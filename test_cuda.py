@@ -6,7 +6,7 @@ in CI on every change and not first on a rare GPU. On a machine without CUDA the
 with that reason. Dropout is off throughout: compiled runs pad batches to multiples of 32, which would
 draw other dropout masks than an eager run and hide the comparison in noise.
 
-What is checked (issue: "the GPU path, proven"):
+What is checked:
 - compiled + autocast gives the eager autocast losses over two stage switches (tolerance below);
 - parameters a stage freezes stay bitwise unchanged under compile;
 - one graph per stage, whatever the batch shapes (the short last batch, several length buckets);

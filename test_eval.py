@@ -16,7 +16,7 @@ import pytest
 import glue_eval
 import squad_eval
 from squad_eval import evaluate_v1, evaluate_v2, exact_match, f1_score, normalize_answer
-from conftest import HANG
+from conftest import HANG, squad_file
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("PROGTUNING_DATA", REPO_DIR.parent / "shared" / "data"))
@@ -356,10 +356,9 @@ def test_evaluate_v2_missing_prediction_is_reported_and_scores_zero(capsys: pyte
 
 
 def load_squad(file_name: str) -> dict:
-    path = SQUAD_DIR / file_name
-    if not path.is_file():
-        pytest.skip(f"SQuAD file {path} is absent (set PROGTUNING_DATA to the shared data folder)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    if not SQUAD_DIR.is_dir():
+        pytest.skip(f"real SQuAD data not found at {SQUAD_DIR} (set PROGTUNING_DATA to the folder holding squad/)")
+    return json.loads(squad_file(SQUAD_DIR, file_name).read_text(encoding="utf-8"))
 
 
 def first_gold_or_empty(dataset: dict) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """gpu_check.sh, the prepared GPU check: its --dry-run runs every phase on the CPU at toy sizes, so the
-script that a rare GPU lease fires in one go is itself tested on every change; and the carry folder it
+script that a GPU machine runs in one go is itself tested on every change; and the carry folder it
 needs (MiniLM as fp16, RTE and MRPC) is built by one command and stays under what may travel. The same for
-gpu_runs.sh, the real-data runs a lease has time for after the check."""
+gpu_runs.sh, the real-data runs that follow the check on the same machine."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_dry_run_runs_every_phase_and_summarises(tmp_path, minilm_dir, glue_dir)
     assert "| rte | pt | complete |" in summary and "compile s per stage (graphs)" in summary
 
 
-# gpu_runs.sh: the real-data runs for a lent GPU, which only the CPU dry run can check here
+# gpu_runs.sh: the real-data runs for a GPU machine, which only the CPU dry run can check here
 
 def _gpu_runs(*args: str, glue_dir: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable}

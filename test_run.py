@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import HANG, TINY_CONFIG, build_tiny_bert
+from conftest import HANG, TINY_CONFIG, build_tiny_bert, squad_file
 import data
 import model as M
 import progtuning as P
@@ -447,6 +447,7 @@ def test_minilm_squad_smoke(tmp_path, minilm_dir, squad_dir, task, train_file, d
     """The real checkpoint on real SQuAD questions, both versions: spans train with the same loop and
     stages, predictions are scored by squad_eval, and the files agree with the record."""
     import squad_eval
+    train_file, dev_file = squad_file(squad_dir, train_file).name, squad_file(squad_dir, dev_file).name
     out = tmp_path / task
     run.main(["--task", task, "--mode", "pt", "--model", str(minilm_dir), "--data-dir", str(squad_dir),
               "--train-file", train_file, "--dev-file", dev_file, "--output-dir", str(out), "--epochs", "2",

@@ -17,7 +17,7 @@ import pytest
 import data
 import model
 import squad_eval
-from conftest import LoopbackServer
+from conftest import LoopbackServer, squad_file
 
 SQUAD_COUNTS = {  # file: (questions, unanswerable), from ../shared/data/README.md
     "dev-v1.1.json": (10570, 0),
@@ -42,12 +42,12 @@ def tokenizer(minilm_dir: Path) -> model.Tokenizer:
 
 @pytest.fixture(scope="module")
 def dev_v1(squad_dir: Path) -> list[data.SquadExample]:
-    return data.read_squad(squad_dir / "dev-v1.1.json", version_2=False)
+    return data.read_squad(squad_file(squad_dir, "dev-v1.1.json"), version_2=False)
 
 
 @pytest.fixture(scope="module")
 def dev_v2(squad_dir: Path) -> list[data.SquadExample]:
-    return data.read_squad(squad_dir / "dev-v2.0.subset.json", version_2=True)
+    return data.read_squad(squad_file(squad_dir, "dev-v2.0.subset.json"), version_2=True)
 
 
 def _write_json(path: Path, content) -> Path:
@@ -77,7 +77,7 @@ def _as_dataset(examples: list[data.SquadExample]) -> dict:
 @pytest.mark.parametrize("file_name", list(SQUAD_COUNTS))
 def test_read_squad_counts_match_the_shared_data_readme(squad_dir: Path, file_name: str) -> None:
     questions, unanswerable = SQUAD_COUNTS[file_name]
-    examples = data.read_squad(squad_dir / file_name, version_2="v2.0" in file_name)
+    examples = data.read_squad(squad_file(squad_dir, file_name, exact=True), version_2="v2.0" in file_name)
     assert len(examples) == questions
     assert sum(e.is_impossible for e in examples) == unanswerable
     assert all(bool(e.answers) != e.is_impossible for e in examples)
@@ -132,7 +132,7 @@ def test_layout_errors_name_the_file_and_json_location(tmp_path: Path, break_it,
 def test_a_v2_file_read_as_v1_is_refused_with_a_hint(squad_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'v2.0', a SQuAD v2.0 file, but it is read as SQuAD v1.1; "
                                          r"use --task squad_v2"):
-        data.read_squad(squad_dir / "train-v2.0.subset.json", version_2=False)
+        data.read_squad(squad_file(squad_dir, "train-v2.0.subset.json"), version_2=False)
     # Without the version field, the unanswerable questions give it away.
     unmarked = _squad_json([_qa("q0"), {"id": "q1", "question": "Who?", "answers": [], "is_impossible": True}],
                            version=None)
@@ -142,7 +142,7 @@ def test_a_v2_file_read_as_v1_is_refused_with_a_hint(squad_dir: Path, tmp_path: 
 
 def test_a_v1_file_read_as_v2_is_refused_with_a_hint(squad_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="a SQuAD v1.1 file, but it is read as SQuAD v2.0; use --task squad "):
-        data.read_squad(squad_dir / "train-v1.1.subset.json", version_2=True)
+        data.read_squad(squad_file(squad_dir, "train-v1.1.subset.json"), version_2=True)
     unmarked = _squad_json([_qa("q0")], version=None)
     with pytest.raises(ValueError, match=r"qas\[0\] has no 'is_impossible' key"):
         data.read_squad(_write_json(tmp_path / "unmarked.json", unmarked), version_2=True)
@@ -161,7 +161,7 @@ def _recovered(example: data.SquadExample, features: data.SquadFeatures, row: in
 
 
 def test_targets_recover_the_gold_answer_text(squad_dir: Path, dev_v1, tokenizer) -> None:
-    train_v2 = data.read_squad(squad_dir / "train-v2.0.subset.json", version_2=True)
+    train_v2 = data.read_squad(squad_file(squad_dir, "train-v2.0.subset.json"), version_2=True)
     examples = dev_v1[::40] + [e for e in train_v2 if not e.is_impossible][::20]
     assert len(examples) > 400
     features = data.squad_features(examples, tokenizer, max_length=384, doc_stride=128)
@@ -437,10 +437,10 @@ def test_squad_data_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_squad_files_picks_named_files_and_refuses_unknown_tasks(squad_dir: Path) -> None:
-    assert data.squad_files("squad", squad_dir, train_file="train-v1.1.subset.json") == (
-        squad_dir / "train-v1.1.subset.json", squad_dir / "dev-v1.1.json")
-    assert data.squad_files("squad_v2", squad_dir, "train-v2.0.subset.json", "dev-v2.0.subset.json") == (
-        squad_dir / "train-v2.0.subset.json", squad_dir / "dev-v2.0.subset.json")
+    train_v1, dev_v1 = squad_file(squad_dir, "train-v1.1.subset.json"), squad_file(squad_dir, "dev-v1.1.json")
+    assert data.squad_files("squad", squad_dir, train_file=train_v1.name) == (train_v1, dev_v1)
+    train_v2, dev_v2 = squad_file(squad_dir, "train-v2.0.subset.json"), squad_file(squad_dir, "dev-v2.0.subset.json")
+    assert data.squad_files("squad_v2", squad_dir, train_v2.name, dev_v2.name) == (train_v2, dev_v2)
     with pytest.raises(ValueError, match="Unknown SQuAD task 'squad2'; expected one of squad, squad_v2"):
         data.squad_files("squad2", squad_dir)
 
