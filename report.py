@@ -31,7 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import struct
 import sys
+import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1195,6 +1200,74 @@ def write_plots(rows: list[ResultRow], folder: Path, bench_path: Path | None = N
     return written
 
 
+# --------------------------------------------------------------------------------------------------
+# Figures know their records: a PNG carries the records it was drawn from, and is not overwritten by a
+# figure of other records unless asked (a document shows it as those records' figure)
+# --------------------------------------------------------------------------------------------------
+
+FIGURE_SOURCE_KEY = b"progtuning-records"
+
+
+def _png_chunks(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(offset, type, body) of each chunk of a PNG file's bytes."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG file")
+    chunks, offset = [], 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        chunks.append((offset, kind, data[offset + 8:offset + 8 + length]))
+        offset += 12 + length
+    return chunks
+
+
+def figure_source(path: Path) -> str | None:
+    """The records a figure was drawn from, as stamp_figure wrote them; None for a PNG without the stamp."""
+    for _, kind, body in _png_chunks(path.read_bytes()):
+        key, _, text = body.partition(b"\0")
+        if kind == b"tEXt" and key == FIGURE_SOURCE_KEY:
+            return text.decode("latin-1")
+    return None
+
+
+def stamp_figure(path: Path, source: str) -> None:
+    """Write `source` into the PNG as a text chunk (before its end), where figure_source finds it."""
+    data = path.read_bytes()
+    end = next(offset for offset, kind, _ in _png_chunks(data) if kind == b"IEND")
+    body = FIGURE_SOURCE_KEY + b"\0" + source.encode("latin-1", "replace")
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+def records_source(paths: list[str], folder: Path) -> str:
+    """The report's inputs, each as a path relative to the figures' folder, so the stamp does not depend on
+    where report.py was started."""
+    return " ".join(sorted(os.path.relpath(Path(p).resolve(), folder.resolve()) for p in paths))
+
+
+def publish_figures(draw, folder: Path, source: str, replace: bool) -> list[Path]:
+    """Draw the figures into a temporary folder beside `folder` (draw(tmp) -> written paths), then move them
+    in, stamped with `source`. A figure already there that shows other records, or whose records nothing
+    says, stops the move before any file is replaced, unless `replace`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".figures-", dir=folder))
+    try:
+        drawn = draw(staging)
+        for path in drawn:
+            target = folder / path.name
+            shown = figure_source(target) if target.is_file() else source
+            if shown != source and not replace:
+                raise ResultsFormatError(
+                    f"{target} shows {shown or 'records it does not name'}, not {source}; a document may show "
+                    "it as their figure: pass --replace-figures to overwrite it, or --plots another folder")
+        published = []
+        for path in drawn:
+            stamp_figure(path, source)
+            published.append(Path(shutil.move(str(path), str(folder / path.name))))
+        return published
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description="Markdown results tables (mean ± sample std over complete seeds) from run.py's "
@@ -1219,6 +1292,9 @@ def main(argv: list[str] | None = None) -> str:
                              "--plots, its figures")
     parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
     parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
+    parser.add_argument("--replace-figures", action="store_true",
+                        help="with --plots: overwrite figures drawn from other records (or from records they "
+                             "do not name)")
     args = parser.parse_args(argv)
     if args.bench and not args.plots:
         parser.error("--bench is plotted with --plots DIR")
@@ -1234,10 +1310,14 @@ def main(argv: list[str] | None = None) -> str:
                          "to report")
 
     try:
-        if args.regime:
-            report = regime_report(rows, Path(args.plots) if args.plots else None)
-        else:
-            report = tables_report(rows, args)
+        report = regime_report(rows) if args.regime else tables_report(rows, args)
+        if args.plots:
+            folder = Path(args.plots)
+            sources = args.paths + ([args.bench] if args.bench else [])
+            draw = ((lambda into: write_regime_plots(rows, into)) if args.regime else
+                    (lambda into: write_plots(rows, into, Path(args.bench) if args.bench else None)))
+            for path in publish_figures(draw, folder, records_source(sources, folder), args.replace_figures):
+                print(f"wrote {path}", file=sys.stderr)
     except ResultsFormatError as error:
         raise SystemExit(f"error: {error}") from None
     except OSError as error:
@@ -1253,18 +1333,15 @@ def main(argv: list[str] | None = None) -> str:
     return report
 
 
-def regime_report(rows: list[ResultRow], plots: Path | None) -> str:
-    report = ("### PT − FT per model, task, epochs, training rows and E\n\n" + render_regime(rows)
-              + "\n### Dev score after each epoch, long runs\n\n" + render_regime_curves(rows)
-              + "\n### Wall time per epoch: FT, PT and PT with E frozen\n\n" + render_regime_times(rows))
-    if plots is not None:
-        for path in write_regime_plots(rows, plots):
-            print(f"wrote {path}", file=sys.stderr)
-    return report
+def regime_report(rows: list[ResultRow]) -> str:
+    """--regime: PT against FT as the epochs, the training rows and E change (RESULTS.md's section)."""
+    return ("### PT − FT per model, task, epochs, training rows and E\n\n" + render_regime(rows)
+            + "\n### Dev score after each epoch, long runs\n\n" + render_regime_curves(rows)
+            + "\n### Wall time per epoch: FT, PT and PT with E frozen\n\n" + render_regime_times(rows))
 
 
 def tables_report(rows: list[ResultRow], args: argparse.Namespace) -> str:
-    """The per-task tables and whichever of --paired, --compile, --times, --overview and --plots were asked."""
+    """The per-task tables and whichever of --paired, --compile, --times and --overview were asked."""
     report = render_report(rows, baseline=args.baseline)
     if args.paired:
         report += "\n### PT against FT, seed by seed\n\n" + render_paired(rows)
@@ -1274,9 +1351,6 @@ def tables_report(rows: list[ResultRow], args: argparse.Namespace) -> str:
         report += "\n### wall time per epoch, FT against PT\n\n" + render_times(rows)
     if args.overview:
         report = "### overview\n\n" + render_overview(rows) + "\n" + report
-    if args.plots:
-        for path in write_plots(rows, Path(args.plots), Path(args.bench) if args.bench else None):
-            print(f"wrote {path}", file=sys.stderr)
     return report
 
 

@@ -710,3 +710,25 @@ def test_regime_pairs_pt_with_the_ft_of_its_cell(tmp_path: Path) -> None:
                                                                     "regime.png"]
     width, height = _png_size(tmp_path / "fig" / "regime.png")
     assert 400 <= width <= 2400 and 250 <= height <= 1600
+
+
+def test_plots_do_not_replace_a_figure_of_other_records(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="--plots needs matplotlib (requirements-dev.txt)")
+    for name, score in (("first", 60.0), ("second", 70.0)):
+        for mode in ("ft", "pt"):
+            write_results(tmp_path / name / mode, make_results(mode=mode, finals=[{"rte": {"accuracy": score}}] * 2))
+    figures = tmp_path / "figures"
+    report.main([str(tmp_path / "first"), "--plots", str(figures)])
+    drawn = {path.name: path.read_bytes() for path in figures.iterdir()}
+    assert sorted(drawn) == ["curves-rte.png", "tradeoff.png"]
+    assert report.figure_source(figures / "tradeoff.png") == "../first"
+    report.main([str(tmp_path / "first"), "--plots", str(figures)])  # the same records: drawn again
+    with pytest.raises(SystemExit, match=r"tradeoff.png shows ../first, not ../second; .*--replace-figures"):
+        report.main([str(tmp_path / "second"), "--plots", str(figures)])
+    assert {path.name: path.read_bytes() for path in figures.iterdir()} == drawn  # nothing was replaced
+    report.main([str(tmp_path / "second"), "--plots", str(figures), "--replace-figures"])
+    assert report.figure_source(figures / "curves-rte.png") == "../second"
+    # a PNG without the stamp: the signature, the header chunk and the end chunk
+    (figures / "tradeoff.png").write_bytes(drawn["tradeoff.png"][:33] + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    with pytest.raises(SystemExit, match="shows records it does not name"):
+        report.main([str(tmp_path / "second"), "--plots", str(figures)])
