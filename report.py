@@ -122,13 +122,14 @@ class ResultRow:
     seed_losses: dict[int, float] = field(default_factory=dict)
     # per epoch, the least over the complete runs of its wall seconds (training and the dev evaluation)
     epoch_seconds: list[float] = field(default_factory=list)
+    # the same per machine a run records (runs[].machines): machine -> (complete runs there, per-epoch least)
+    epoch_seconds_on: dict[str, tuple[int, list[float]]] = field(default_factory=dict)
     # with --compile: per stage record of runs[].compile, (stage, graphs, seconds), mean over the complete runs
     compile_stages: list[tuple[int, float, float]] = field(default_factory=list)
     commit: str | None = None  # environment.git_commit: which code made the record
     # per complete seed, in seed order: the final main score minus that seed's best epoch (0 when it ends at its best)
     seed_drops: list[float] = field(default_factory=list)
     train_subset: int | None = None  # run.py --train-subset: the rows it trained on, else None (all)
-    machines: tuple[str, ...] = ()  # runs[].machines over the complete runs: where the times were measured
 
     @property
     def epochs(self) -> int:
@@ -230,8 +231,8 @@ def row_from_record(record: Any, path: Path, need_baseline: bool = False) -> tup
         wall_minutes=float(np.mean(wall_seconds)) / 60.0, runs_used=len(complete_runs),
         epoch_scores=epoch_scores, blocks_of_epoch=blocks_of_epoch, seed_scores=seed_scores, seed_losses=seed_losses,
         epoch_seconds=_epoch_seconds(per_run_epochs, path), compile_stages=_compile_stages(complete_runs),
+        epoch_seconds_on=_epoch_seconds_on(complete_runs, per_run_epochs, path),
         commit=(record.get("environment") or {}).get("git_commit"),
-        machines=tuple(sorted({m for _, run in complete_runs for m in run.get("machines") or []})),
         seed_drops=_seed_drops(complete_runs, per_run_epochs, report_names[0]),
     ), notes
 
@@ -251,6 +252,21 @@ def _epoch_seconds(per_run_epochs: list[list[dict]], path: Path) -> list[float]:
     return [float(np.min([_require(epochs[index], "wall_seconds", path, f"runs[*].epochs[{index}]", "a number",
                                     "the epoch's seconds") for epochs in per_run_epochs]))
             for index in range(len(per_run_epochs[0]))]
+
+
+def _epoch_seconds_on(complete_runs, per_run_epochs: list[list[dict]], path: Path) -> dict:
+    """_epoch_seconds over the runs of each machine (a run resumed elsewhere names every machine it used)."""
+    by_machine: dict[str, list[list[dict]]] = {}
+    for (_, run), epochs in zip(complete_runs, per_run_epochs):
+        by_machine.setdefault("; ".join(run.get("machines") or ["machine not recorded"]), []).append(epochs)
+    return {machine: (len(runs), _epoch_seconds(runs, path)) for machine, runs in by_machine.items()}
+
+
+def shared_machine(rows: list[ResultRow]) -> str | None:
+    """The machine on which every row has complete runs, the one with the most runs in its sparsest row; None
+    where they share none. Epoch times are compared only on one machine."""
+    common = set.intersection(*(set(row.epoch_seconds_on) for row in rows))
+    return max(sorted(common), key=lambda m: min(row.epoch_seconds_on[m][0] for row in rows), default=None)
 
 
 def _what_ran(record: dict, path: Path) -> dict:
@@ -749,22 +765,25 @@ def render_paired(rows: list[ResultRow]) -> str:
 def render_times(rows: list[ResultRow]) -> str:
     """FT against PT in wall time, epoch by epoch (an epoch is a stage when --stages equals --epochs): each
     mode's minutes per epoch, the fastest of its complete seeds (training and the dev evaluation), and PT / FT
-    per epoch and for the whole run. Times are only comparable where both modes ran on the same machine."""
+    per epoch and for the whole run. Both come from the machine they share (shared_machine), named in the row;
+    a pair that ran on no common machine is left out."""
     pairs: dict[tuple, dict[str, ResultRow]] = {}
     for row in sorted(rows, key=_row_sort_key):
         if row.train_blocks is None and row.schedule in (DASH, "shrink"):
             pairs.setdefault((row.task, model_label(row.model), row.method, row.variant, row.lr), {})[row.mode] = row
     lines = [_markdown_row(["task", "method", "seeds FT / PT", "FT min per epoch", "PT min per epoch",
-                            "PT / FT per epoch", "PT / FT, run"]), _markdown_row(["---"] * 7)]
+                            "PT / FT per epoch", "PT / FT, run", "measured on"]), _markdown_row(["---"] * 8)]
     for key in sorted(pairs, key=lambda k: (_task_rank(k[0]), k[0], k[1], METHOD_ORDER.index(k[2]), k[3] or "", k[4])):
         ft, pt = pairs[key].get("ft"), pairs[key].get("pt")
-        if ft is None or pt is None or len(ft.epoch_seconds) != len(pt.epoch_seconds):
+        machine = shared_machine([ft, pt]) if ft is not None and pt is not None else None
+        if machine is None or len(ft.epoch_seconds) != len(pt.epoch_seconds):
             continue
+        (ft_runs, ft_seconds), (pt_runs, pt_seconds) = ft.epoch_seconds_on[machine], pt.epoch_seconds_on[machine]
         lines.append(_markdown_row([
-            ft.task, _method_label(ft), f"{ft.runs_used} / {pt.runs_used}",
-            " / ".join(f"{s / 60:.1f}" for s in ft.epoch_seconds), " / ".join(f"{s / 60:.1f}" for s in pt.epoch_seconds),
-            " / ".join(f"{p / f:.2f}" for f, p in zip(ft.epoch_seconds, pt.epoch_seconds)),
-            f"{sum(pt.epoch_seconds) / sum(ft.epoch_seconds):.2f}"]))
+            ft.task, _method_label(ft), f"{ft_runs} / {pt_runs}",
+            " / ".join(f"{s / 60:.1f}" for s in ft_seconds), " / ".join(f"{s / 60:.1f}" for s in pt_seconds),
+            " / ".join(f"{p / f:.2f}" for f, p in zip(ft_seconds, pt_seconds)),
+            f"{sum(pt_seconds) / sum(ft_seconds):.2f}", machine]))
     if len(lines) == 2:
         raise ResultsFormatError("--times found no task and method with both an FT and a PT record")
     return "\n".join(lines) + "\n"
@@ -867,7 +886,8 @@ def render_regime_curves(rows: list[ResultRow], min_epochs: int = 10) -> str:
 
 def render_regime_times(rows: list[ResultRow]) -> str:
     """Wall minutes per epoch (the fastest complete seed; training and the dev evaluation) of FT, PT and PT with
-    E frozen in one cell, and each PT against FT epoch by epoch and for the whole run, with where they ran."""
+    E frozen in one cell, on the machine the three share, and each PT against FT epoch by epoch and for the
+    whole run."""
     cells: dict[tuple, dict[str, ResultRow]] = {}
     for ft, pt in _regime_pairs(rows):
         cells.setdefault(_regime_key(ft), {"ft": ft})["pt frozen" if _is_frozen(pt) else "pt"] = pt
@@ -876,14 +896,14 @@ def render_regime_times(rows: list[ResultRow]) -> str:
              _markdown_row(["---"] * 8)]
     for key, cell in cells.items():
         ft, pt, frozen = cell["ft"], cell.get("pt"), cell.get("pt frozen")
-        if pt is None or frozen is None:
+        machine = shared_machine([ft, pt, frozen]) if pt is not None and frozen is not None else None
+        if machine is None:
             continue
-        per_epoch = [" / ".join(f"{p / f:.2f}" for f, p in zip(ft.epoch_seconds, other.epoch_seconds))
-                     for other in (pt, frozen)]
-        run = [f"{sum(other.epoch_seconds) / sum(ft.epoch_seconds):.2f}" for other in (pt, frozen)]
-        lines.append(_markdown_row([key[0], key[1], str(ft.epochs), " / ".join(f"{s / 60:.2f}" for s in ft.epoch_seconds),
-                                    per_epoch[0], per_epoch[1], ", ".join(run),
-                                    "; ".join(sorted(set(ft.machines) | set(pt.machines) | set(frozen.machines)))]))
+        base, pt_seconds, frozen_seconds = (row.epoch_seconds_on[machine][1] for row in (ft, pt, frozen))
+        per_epoch = [" / ".join(f"{p / f:.2f}" for f, p in zip(base, other)) for other in (pt_seconds, frozen_seconds)]
+        run = [f"{sum(other) / sum(base):.2f}" for other in (pt_seconds, frozen_seconds)]
+        lines.append(_markdown_row([key[0], key[1], str(ft.epochs), " / ".join(f"{s / 60:.2f}" for s in base),
+                                    per_epoch[0], per_epoch[1], ", ".join(run), machine]))
     if len(lines) == 2:
         return "No cell has FT, PT and PT with E frozen together.\n"
     return "\n".join(lines) + "\n"

@@ -628,7 +628,18 @@ def test_times_table_compares_pt_with_ft_epoch_by_epoch(tmp_path: Path) -> None:
     rows, _ = report.load_all(paths)
     table = report.render_times(rows)
     # FT 5.0 min an epoch (the faster of 5.0 and 6.0); PT 5.0, 4.0, 3.0; PT / FT per epoch and over the run
-    assert "| rte | full | 2 / 2 | 5.0 / 5.0 / 5.0 | 5.0 / 4.0 / 3.0 | 1.00 / 0.80 / 0.60 | 0.80 |" in table
+    assert ("| rte | full | 2 / 2 | 5.0 / 5.0 / 5.0 | 5.0 / 4.0 / 3.0 | 1.00 / 0.80 / 0.60 | 0.80 | machine not "
+            "recorded |") in table
+    # A third FT seed on a faster machine that PT never ran on does not set FT's times.
+    ft = json.loads(paths[0].read_text())
+    fast = copy.deepcopy(ft["runs"][0])
+    fast.update(seed=3, machines=["Fast CPU, 2 thread(s), cpu"])
+    for epoch in fast["epochs"]:
+        epoch["wall_seconds"] = 10.0
+    ft["runs"].append(fast)
+    paths[0].write_text(json.dumps(ft))
+    rows, _ = report.load_all(paths)
+    assert report.render_times(rows) == table
     assert "### wall time per epoch, FT against PT" in report.main([str(tmp_path), "--times"])
     with pytest.raises(report.ResultsFormatError, match="--times found no task"):
         report.render_times(rows[:1])
