@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers", reason="MPNet parity is check
 
 TINY = dict(vocab_size=99, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
             max_position_embeddings=40)
-GET_MPNET = "../shared/models/get-mpnet.sh (or set PROGTUNING_MPNET_DIR)"
+GET_MPNET = "bash scripts/get-mpnet.sh (or set PROGTUNING_MPNET_DIR)"
 
 
 @pytest.fixture(scope="session")

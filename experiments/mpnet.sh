@@ -12,7 +12,7 @@
 # records/mpnet/ holds their results.json (cp runs/mpnet/*/results.json by folder). Checkpoints are
 # deleted once a seed is complete (--no-keep-checkpoint: 1.3 GB each), except RTE pt's, which export.py
 # and predict.py use. MPNET: the model folder (default ~/.cache/progtuning/all-mpnet-base-v2, from
-# ../shared/models/get-mpnet.sh); GLUE_DIR: the GLUE folder (default ../shared/data/glue).
+# scripts/get-mpnet.sh); GLUE_DIR: the GLUE folder (default ../shared/data/glue).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +31,7 @@ done
 case "$SEEDS" in ''|*[!0-9,]*) echo "error: --seeds takes a list such as 1,2,3, got $SEEDS" >&2; exit 2 ;; esac
 MPNET=${MPNET:-$HOME/.cache/progtuning/all-mpnet-base-v2}
 GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
-[ -f "$MPNET/model.safetensors" ] || { echo "error: no MPNet at $MPNET; run ../shared/models/get-mpnet.sh" >&2; exit 2; }
+[ -f "$MPNET/model.safetensors" ] || { echo "error: no MPNet at $MPNET; run scripts/get-mpnet.sh" >&2; exit 2; }
 [ -d "$GLUE_DIR/RTE" ] || { echo "error: no GLUE data at $GLUE_DIR (set GLUE_DIR)" >&2; exit 2; }
 
 job() {  # job TASK MODE METHOD SEEDS_SO_FAR
