@@ -197,3 +197,45 @@ def test_no_document_names_an_issue_by_number(path: Path) -> None:
 def test_the_issue_pattern_matches_what_it_must() -> None:
     assert ISSUE_NUMBER.search("Issue 17's runs") and ISSUE_NUMBER.search("see issues 3 and 4")
     assert not ISSUE_NUMBER.search("the issue's acceptance command") and not ISSUE_NUMBER.search("tissue 5")
+
+
+# Words of how the project is made, not of what it is; and citations of files a clone does not hold.
+MAKING_WORDS = re.compile(r"\b(leases?|lent|warm machine|this team|our team)\b", re.IGNORECASE)
+OUTSIDE_SPEC = re.compile(r"\bSPEC(\.md| section| \d|'s)")
+ISSUE_REFERENCE = re.compile(r"\bissues? #?\d|\bissue #\d", re.IGNORECASE)
+
+
+def tracked_text_files() -> list[Path]:
+    """Every tracked code, script and document file but the run records and this file (which names the
+    patterns it looks for)."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=REPO_DIR, capture_output=True, text=True,
+                                check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available to list the tracked files")
+    suffixes = {".py", ".md", ".sh", ".txt", ".ini", ".cfg", ".toml"}
+    return [REPO_DIR / name for name in listed if name and Path(name).suffix in suffixes
+            and not name.startswith("records/") and name != "test_docs.py" and (REPO_DIR / name).is_file()]
+
+
+def test_the_repository_speaks_of_itself_only() -> None:
+    """No citation of a specification outside the repository, no words of how the project is made, no
+    issue numbers, and a front door that points at nothing beside the clone."""
+    hits = []
+    for path in tracked_text_files():
+        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            for pattern in (MAKING_WORDS, OUTSIDE_SPEC, ISSUE_REFERENCE):
+                if pattern.search(line):
+                    hits.append(f"{path.relative_to(REPO_DIR)}:{number}: {line.strip()}")
+    readme = (REPO_DIR / "README.md").read_text(encoding="utf-8")
+    hits += [f"README.md:{n}: {line.strip()}" for n, line in enumerate(readme.split("\n"), start=1)
+             if "../shared" in line]
+    assert hits == []
+
+
+def test_the_repository_patterns_match_what_they_must() -> None:
+    assert MAKING_WORDS.search("on a lent GPU") and MAKING_WORDS.search("a 15-minute lease")
+    assert not MAKING_WORDS.search("silent") and not MAKING_WORDS.search("excellent")
+    assert OUTSIDE_SPEC.search("as fixed by SPEC.md") and OUTSIDE_SPEC.search("SPEC 9")
+    assert not OUTSIDE_SPEC.search("--train-blocks SPEC") and not OUTSIDE_SPEC.search("spec = glue_task(task)")
+    assert ISSUE_REFERENCE.search("(issue 17)") and not ISSUE_REFERENCE.search("the issue's text")
