@@ -3,15 +3,18 @@
 # recipe (batch 32, lr 2e-5, max length 128, T = epochs, bf16 autocast on the CPU), changed in one thing at a
 # time: more epochs, a 1,000-row training set, E frozen; full fine-tuning (ft) against Progtuning (pt), seeds
 # 1-3, on MRPC, STS-B and CoLA. The cells:
-#   minilm-<task>-e3-{ft,pt,pt-frozen}   MiniLM-L6, 3 epochs; pt-frozen adds --freeze-embeddings. All three
-#                                        run here, so their epoch times come from one machine and one setup
+#   minilm-<task>-e3-{ft,pt,pt-frozen}   MiniLM-L6, 3 epochs; pt-frozen adds --freeze-embeddings
 #   mpnet/<task>-{ft,pt}-full            MPNet-base, 3 epochs: experiments/mpnet.sh's jobs, seeds 1-3
 #   minilm-<task>-n1000-e{3,10}-{ft,pt}  MiniLM-L6 on --train-subset 1000 (the same rows for every seed/mode)
 #   minilm-<task>-e10-{ft,pt}            MiniLM-L6, 10 epochs = 10 stages
+# --times runs, instead, the time check: regime-times/minilm-<task>-e3-{ft,pt,pt-frozen}, seed 1, one run at a
+# time (--workers 1 is implied) on an otherwise idle machine, into runs/regime-times/; the grid's own minutes
+# are not used for time, since its runs share the machine with each other and with whatever else runs.
 # --extra then adds, in this order: MPNet-base at 10 epochs on MRPC, PT with E frozen on MPNet-base RTE and
 # MRPC, and MPNet-base on the 1,000-row subset (MRPC, STS-B, CoLA), seed 1 only (--extra-seeds to change).
 #
-#   bash experiments/regime.sh [--workers 2] [--extra] [--extra-seeds 1] [--only REGEX] [--dry-run | --collect]
+#   bash experiments/regime.sh [--workers 2] [--extra] [--extra-seeds 1] [--only REGEX] [--times]
+#                              [--dry-run | --collect]
 #
 # Every run uses one thread (OMP_NUM_THREADS=1); --workers N runs N jobs at a time, worker k pinned to core k
 # (taskset), each taking the next job nobody has started. A job is one output folder with all its seeds, so
@@ -32,8 +35,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: bash experiments/regime.sh [--workers N] [--extra] [--extra-seeds 1] [--only REGEX] [--dry-run | --collect]"
-WORKERS=2 EXTRA=0 EXTRA_SEEDS=1 ONLY="" DRY=0 COLLECT=0
+usage="usage: bash experiments/regime.sh [--workers N] [--extra] [--extra-seeds 1] [--only REGEX] [--times] [--dry-run | --collect]"
+WORKERS=2 EXTRA=0 EXTRA_SEEDS=1 ONLY="" DRY=0 COLLECT=0 TIMES=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --workers|--only|--extra-seeds)
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
         --extra) EXTRA=1; shift ;;
         --dry-run) DRY=1; shift ;;
         --collect) COLLECT=1; shift ;;
+        --times) TIMES=1; WORKERS=1; shift ;;
         -h|--help) echo "$usage"; exit 0 ;;
         *) echo "error: unknown option $1; $usage" >&2; exit 2 ;;
     esac
@@ -58,6 +62,13 @@ GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
 # One line per job: NAME SEEDS MODEL RUN.PY-ARGUMENTS... (NAME holding a / lands under runs/, else runs/regime/)
 job_list() {
     local task mode
+    if [ "$TIMES" = 1 ]; then
+        for task in mrpc stsb cola; do
+            for mode in ft pt; do echo "regime-times/minilm-$task-e3-$mode 1 minilm --task $task --mode $mode"; done
+            echo "regime-times/minilm-$task-e3-pt-frozen 1 minilm --task $task --mode pt --freeze-embeddings"
+        done
+        return 0
+    fi
     for task in mrpc stsb cola; do
         for mode in ft pt; do echo "minilm-$task-e3-$mode 1,2,3 minilm --task $task --mode $mode"; done
         echo "minilm-$task-e3-pt-frozen 1,2,3 minilm --task $task --mode pt --freeze-embeddings"
