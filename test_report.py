@@ -743,3 +743,19 @@ def test_plots_do_not_replace_a_figure_of_other_records(tmp_path: Path) -> None:
     (figures / "tradeoff.png").write_bytes(drawn["tradeoff.png"][:33] + b"\x00\x00\x00\x00IEND\xaeB`\x82")
     with pytest.raises(SystemExit, match="shows records it does not name"):
         report.main([str(tmp_path / "second"), "--plots", str(figures)])
+
+
+def test_the_rerun_records_repeat_the_grid_bitwise() -> None:
+    """records/regime-rerun holds MRPC's 3-epoch FT and PT run again with the regime grid's code; RESULTS.md
+    says they repeat records/part2 seed for seed, bitwise: every epoch's dev metrics and training loss."""
+    rerun = sorted((REPO_DIR / "records" / "regime-rerun").glob("*/results.json"))
+    assert rerun, "records/regime-rerun holds no results.json"
+    for path in rerun:
+        again = json.loads(path.read_text())
+        mode = again["settings"]["mode"]
+        first = json.loads((REPO_DIR / "records" / "part2" / f"mrpc-full-{mode}" / "results.json").read_text())
+        by_seed = {run["seed"]: run for run in first["runs"]}
+        for run in again["runs"]:
+            assert run["status"] == "complete"
+            kept = [(e["metrics"], e["train_loss"]) for e in by_seed[run["seed"]]["epochs"]]
+            assert [(e["metrics"], e["train_loss"]) for e in run["epochs"]] == kept, (path, run["seed"])

