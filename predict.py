@@ -13,8 +13,10 @@ Input, one example per line:
   .jsonl  {"text_a": ..., "text_b": ...}, or the task's GLUE column names ({"sentence1": ..., ...})
 A line that fits none of these stops the run with its file and line number.
 
-Output (tab-separated, stdout or --output): index (the input's example number from 0), prediction (the
-label name, or the STS-B score), then one probability column per label.
+Output (tab-separated, stdout or --output): index, prediction (the label name, or the STS-B score), then
+one probability column per label. index counts the input's examples from 0, not its lines: blank lines and a
+GLUE file's header hold no example and are not counted, so on a GLUE file the index is the example's row as
+in the run's predictions-<task>.tsv and glue_eval.py.
 """
 
 from __future__ import annotations

@@ -179,10 +179,11 @@ def test_predict_names_the_file_and_line_and_checks_the_output_folder_first(tmp_
     one_line(command("predict.py", "--model", tmp_path / "run", "--task", "rte", "--input", latin1),
              f"{latin1}:2", "not UTF-8")
     pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("A man sleeps.\tA person rests.\nIt rains.\tThe sun shines.\n\n")  # one blank line at the end
+    pairs.write_text("A man sleeps.\tA person rests.\n\nIt rains.\tThe sun shines.\n\n")  # two blank lines
     done = command("predict.py", "--model", tmp_path / "run", "--task", "rte", "--input", pairs)
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip().splitlines()) == 3  # the header and two predictions
+    rows = done.stdout.strip().splitlines()[1:]
+    assert [row.split("\t")[0] for row in rows] == ["0", "1"]  # examples counted, blank lines not
     missing = tmp_path / "no" / "such" / "out.tsv"
     proc = command("predict.py", "--model", tmp_path / "run", "--task", "rte", "--input", pairs, "--output", missing)
     one_line(proc, "--output", str(missing.parent), "does not exist")
