@@ -33,6 +33,7 @@ import torch
 import data
 import export
 from evaluation import predict
+from integrity import writing
 from model import from_pretrained, load_tokenizer
 from recipe import Settings
 
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                 for i, (o, probs) in enumerate(zip(outputs, probabilities))]
         text = "\n".join(lines) + "\n"
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            with writing(Path(args.output)):
+                Path(args.output).write_text(text, encoding="utf-8")
         else:
             sys.stdout.write(text)
     except (OSError, ValueError) as error:

@@ -13,12 +13,14 @@ Reading order, top to bottom as a run goes:
                           training step, progress; then evaluate, record and checkpoint
 The machinery lives below: recipe.py (settings, presets, the model and its plan), training.py (the step,
 per-block compile, progress, signals, checkpoints), evaluation.py (data and dev scores), records.py
-(files), progtuning.py and sparse.py (the methods), model.py (the encoder).
+(files), integrity.py (durable writes, digests), progtuning.py and sparse.py (the
+methods), model.py (the encoder).
 
 Layout of a run (default --output-dir runs/<task>-<mode>-<method>[-<schedule>]):
   results.json               settings, parameter counts, every epoch's metrics, per-seed and mean ± std
   seed-<k>/log.jsonl         one JSON line per progress report, stage switch and epoch
-  seed-<k>/checkpoint.safetensors   trainable weights, optimizer, scaler, RNG and position (for --resume)
+  seed-<k>/checkpoint.safetensors   trainable weights, optimizer, scaler, RNG and position (for --resume),
+                             with its SHA-256 in checkpoint.safetensors.sha256 (checked before reading it)
   seed-<k>/predictions-*.tsv|json   dev predictions of the last finished epoch
   seed-<k>/trained.safetensors      with --save-trained: only the parameters that ever trained
 """
@@ -485,7 +487,7 @@ def existing_results(settings: Settings, results_path: Path) -> dict | None:
         print(f"note: --resume but no {results_path} yet; seeds continue from their checkpoints where present")
     if settings.overwrite and not settings.resume and distributed.WORLD.main:
         for seed in settings.seeds:
-            for stale in ("checkpoint.safetensors", "log.jsonl"):
+            for stale in ("checkpoint.safetensors", "checkpoint.safetensors.sha256", "log.jsonl"):
                 (results_path.parent / f"seed-{seed}" / stale).unlink(missing_ok=True)
     if settings.export and not settings.overwrite:  # refuse now, not after hours of training
         for seed in settings.seeds:

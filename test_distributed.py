@@ -98,8 +98,9 @@ def test_two_processes_train_what_one_process_trains(tmp_path, no_dropout_dir, g
     # one record, one log, one checkpoint: rank 1 writes nothing
     written = sorted(str(path.relative_to(tmp_path / "two")) for path in (tmp_path / "two").rglob("*")
                      if path.is_file())
-    assert written == ["results.json", "seed-1/checkpoint.safetensors", "seed-1/log.jsonl",
-                       "seed-1/predictions-rte.tsv", "seed-1/trained.safetensors"]
+    assert written == ["results.json", "seed-1/checkpoint.safetensors", "seed-1/checkpoint.safetensors.sha256",
+                       "seed-1/log.jsonl", "seed-1/predictions-rte.tsv", "seed-1/trained.safetensors",
+                       "seed-1/trained.safetensors.sha256"]
 
 
 def test_resume_under_two_processes_ends_as_if_never_interrupted(tmp_path, dropout_dir, glue_dir):
