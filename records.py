@@ -11,16 +11,23 @@ Reading order:
   verified_checkpoint_meta                           --resume reads only a checkpoint that digest vouches for
   fingerprint, check_same_data                       the data files a record was made from, checked on --resume
   block_numbers, upgrade_run                         the format's versions (blocks count from 1 since version 2)
+  OutputLock, output_lock                            one run at a time in an output folder (run.lock)
 
 Under torchrun only rank 0 writes; save_checkpoint is a collective that every process calls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import math
+import os
+import socket
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +44,7 @@ COUNT_KIND = "progtuning-count"
 # version 1 counted them from 0. A --resume upgrades a version-1 record and checkpoint as it reads them.
 FORMAT_VERSION = 2
 CHECKPOINT_ADVICE = "restore the file from a copy, or start this seed over with --overwrite"
+LOCK_NAME = "run.lock"
 
 
 def json_safe(value):
@@ -245,3 +253,83 @@ def upgrade_run(run: dict, version: int) -> dict:
             epoch["trainable_blocks"] = block_numbers(epoch["trainable_blocks"])
     return run
 
+
+# --------------------------------------------------------------------------------------------------
+# One run at a time in an output folder
+# --------------------------------------------------------------------------------------------------
+
+class FolderInUse(OSError):
+    """Another process holds the output folder's lock; the message names it and what to do."""
+
+
+class OutputLock:
+    """An exclusive lock on an output folder: fcntl.flock on <folder>/run.lock, which also names its holder
+    (pid, host, start time) for the run that is refused. The OS lets go of it when the holder's process
+    ends, however it ends (a kill included), so no stale lock is ever left to clear by hand. The file stays;
+    it is emptied when the lock is released. A file system that refuses locks (some network ones) gets a
+    warning and an unlocked run (docs/run-files.md)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.path, self.file = Path(folder), Path(folder) / LOCK_NAME, None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+", encoding="utf-8")  # "a+": the holder's line stays until the lock is ours
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip()
+            file.close()
+            raise FolderInUse(f"{self.folder} is in use by another run ({_holder(holder)}), which holds "
+                              f"{self.path}; wait until it ends or stop it, or give this run another "
+                              "--output-dir") from None
+        except OSError as error:
+            print(f"WARNING: cannot lock {self.path} (the file system refused: {error.strerror}), so nothing "
+                  "stops a second run from writing into this folder at the same time", file=sys.stderr)
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.truncate(0)  # emptied while still held: a file left behind names no holder
+            self.file.close()  # closing the file lets go of the lock
+            self.file = None
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "its pid not written yet"
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path):
+    """OutputLock on `folder` for the enclosed work. Under torchrun rank 0 takes it before any process writes
+    there, and every process learns whether it could: a refused rank 0 says why, the others leave quietly."""
+    lock, failure = OutputLock(folder), None
+    if distributed.WORLD.main:
+        try:
+            lock.acquire()
+        except OSError as error:  # FolderInUse, or a folder that cannot be made
+            failure = error
+    if distributed.any_of(failure is not None, distributed.WORLD):
+        raise failure if failure is not None else SystemExit(1)
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -1,14 +1,18 @@
 """Bad inputs and faults, as a new user meets them: each ends in one clear line on stderr (no traceback),
-an interrupt at any step resumes bitwise, a run whose weights go non-finite is never recorded as done, and a
-checkpoint is read only while it is the file that was written."""
+an interrupt at any step resumes bitwise, a run whose weights go non-finite is never recorded as done, two
+runs never share a folder, and a checkpoint is read only while it is the file that was written."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from safetensors.torch import load_file, save_file
 import export
 import integrity
 import predict
+import records
 import run
 import sparse
 from conftest import HANG
@@ -224,6 +229,65 @@ def test_an_exported_folder_gets_the_usual_permissions(tmp_path, tiny_dir, glue_
     umask = os.umask(0)
     os.umask(umask)
     assert dest.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# ------------------------------------------------------------------------------------ one run per folder
+
+def test_a_second_run_on_a_busy_folder_is_refused_and_the_first_keeps_its_log(tmp_path, tiny_dir, glue_dir):
+    out = tmp_path / "run"
+    args = run_args(tiny_dir, out, "--epochs", 3, "--limit-train", 96, "--limit-eval", 8, "--batch-size", 4,
+                    glue_dir=glue_dir)  # 24 steps per epoch, 3 stages
+    first = subprocess.Popen([sys.executable, str(HERE / "run.py"), *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=HERE)
+    log = out / "seed-1" / "log.jsonl"
+    deadline = time.monotonic() + HANG
+    try:
+        while not (log.exists() and '"progress"' in log.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # paused mid-epoch 1, its lock held, before any results.json
+        second = command("run.py", *args)  # a double launch: the same command on the same folder
+    finally:
+        first.send_signal(signal.SIGCONT)
+    line = one_line(second, str(out), f"pid {first.pid} on host {socket.gethostname()}", "--output-dir", code=1)
+    assert line.startswith(f"error: FolderInUse: {out} is in use by another run"), line
+    stdout, stderr = first.communicate(timeout=HANG)
+    assert first.returncode == 0, stderr[-3000:]
+    events = [json.loads(entry)["event"] for entry in log.read_text().splitlines()]
+    assert (events.count("stage"), events.count("progress"), events.count("epoch"), len(events)) == (3, 72, 3, 78)
+    assert results_of(out)["runs"][0]["status"] == "complete"
+    assert (out / "run.lock").read_text() == ""  # released at the end: it names no holder
+
+
+def test_the_lock_names_its_holder_and_a_killed_holder_lets_go(tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, records; lock = records.OutputLock("
+                               "sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", str(folder)],
+                              stdout=subprocess.PIPE, text=True, cwd=HERE)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(records.FolderInUse, match=f"{folder} is in use by another run \\(pid {holder.pid} on"):
+            records.OutputLock(folder).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no code of ours runs, the OS lets go of the lock
+        holder.wait(timeout=HANG)
+    with records.OutputLock(folder) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(records.FolderInUse):  # one process, two locks: refused as well
+            records.OutputLock(folder).acquire()
+    assert lock.path.read_text() == ""
+    records.OutputLock(folder).acquire()  # free again once released
+
+
+def test_a_file_system_without_locks_is_warned_about(tmp_path, monkeypatch, capsys):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(records.fcntl, "flock", no_locks)
+    with records.OutputLock(tmp_path) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()  # the holder is still written down
+    assert capsys.readouterr().err == (f"WARNING: cannot lock {tmp_path / 'run.lock'} (the file system refused: "
+                                       "No locks available), so nothing stops a second run from writing into "
+                                       "this folder at the same time\n")
 
 
 # ------------------------------------------------------------------------------------ intact checkpoints
