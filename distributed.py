@@ -11,7 +11,8 @@ nothing here does anything. With several:
   scales its summed loss so that DDP's average of the processes' gradients is the gradient of the global
   batch's mean loss, also when a short last batch splits unevenly (or leaves a process no row at all).
 - Only rank 0 evaluates, prints and writes files (results, logs, predictions, checkpoints); the others wait
-  at a barrier or in the next step's collective. --output-dir must be a folder every process can read
+  at a barrier or in the next step's collective. Rank 0 holds the output folder's lock (records.output_lock)
+  from before any process writes. --output-dir must be a folder every process can read
   (one machine, or a shared file system), since --resume reads the checkpoint in every process.
 - Dropout: each rank draws from its own generator, seeded from (seed, rank); checkpoints keep every rank's
   state, so --resume continues each stream.

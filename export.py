@@ -20,7 +20,8 @@ DIR under a temporary name and renamed into place, so a crash leaves no half fol
 is not empty is replaced only with --overwrite.
 
 A run's final weights come from its seed's checkpoint.safetensors (kept by default) or, failing that, from
-trained.safetensors (--save-trained).
+trained.safetensors (--save-trained); either is read only when the SHA-256 written beside it still matches
+and its numbers are finite.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from safetensors.torch import load_file
 import data
 import records
 import sparse
+from integrity import check_digest, check_finite, warn_unverified
 from model import Transformer, checkpoint_name, part_of, resolve_checkpoint, write_model_folder
 from progtuning import LoRALinear
 from recipe import Settings, build_model
@@ -122,13 +124,19 @@ def load_run_model(run_dir: Path, seed: int | None = None) -> tuple[Transformer,
     seed_dir = run_dir / f"seed-{seed}"
     checkpoint, trained = seed_dir / "checkpoint.safetensors", seed_dir / "trained.safetensors"
     params = dict(model.named_parameters())
-    try:
+    try:  # either file is read only once its digest and its finite numbers show it intact
         if checkpoint.is_file():
+            records.verified_checkpoint_meta(checkpoint)
             weights = records.checkpoint_tensors(checkpoint, "model/")
         elif trained.is_file() and settings.method in sparse.SPARSE_METHODS:
+            sparse.checked_trained_meta(trained)
             return sparse.apply_trained(model, trained), settings, seed
         elif trained.is_file():
+            has_digest = check_digest(trained, sparse.TRAINED_ADVICE)
             weights = load_file(trained)
+            check_finite(trained, "trained file", sparse.TRAINED_ADVICE)
+            if not has_digest:
+                warn_unverified(trained)
         else:
             raise FileNotFoundError(f"{seed_dir} has neither checkpoint.safetensors nor trained.safetensors, so "
                                     "the trained weights are gone; rerun with --save-trained (or keep the "

@@ -39,6 +39,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from integrity import writing
+
 log = logging.getLogger("progtuning")
 
 
@@ -642,19 +644,6 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str = "main") -> Path
     return download_checkpoint(name, revision)
 
 
-def replace_durably(temp: Path, path: Path) -> None:
-    """Rename a finished temp file over `path`, its bytes on disk first (fsync) and the rename after (fsync
-    of the folder): a power loss leaves the old file or the new one, never a renamed empty one."""
-    with open(temp, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def write_model_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dict, base: Path,
                        overwrite: bool = False) -> Path:
     """A Hugging Face model folder -- model.safetensors, config.json and the base model's tokenizer files --
@@ -670,11 +659,14 @@ def write_model_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dic
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed folder
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        with writing(dest / "model.safetensors"):
+            save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        with writing(dest / "config.json"):
+            (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name in TOKENIZER_FILES:
             if (base / name).is_file():
-                shutil.copy(base / name, staging / name)
+                with writing(dest / name):
+                    shutil.copy(base / name, staging / name)
         if dest.exists():
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
         staging.rename(dest)

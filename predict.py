@@ -13,8 +13,10 @@ Input, one example per line:
   .jsonl  {"text_a": ..., "text_b": ...}, or the task's GLUE column names ({"sentence1": ..., ...})
 A line that fits none of these stops the run with its file and line number.
 
-Output (tab-separated, stdout or --output): index (the input's example number from 0), prediction (the
-label name, or the STS-B score), then one probability column per label.
+Output (tab-separated, stdout or --output): index, prediction (the label name, or the STS-B score), then
+one probability column per label. index counts the input's examples from 0, not its lines: blank lines and a
+GLUE file's header hold no example and are not counted, so on a GLUE file the index is the example's row as
+in the run's predictions-<task>.tsv and glue_eval.py.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import data
 import export
 from evaluation import predict
+from integrity import writing
 from model import from_pretrained, load_tokenizer
 from recipe import Settings
 
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                 for i, (o, probs) in enumerate(zip(outputs, probabilities))]
         text = "\n".join(lines) + "\n"
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            with writing(Path(args.output)):
+                Path(args.output).write_text(text, encoding="utf-8")
         else:
             sys.stdout.write(text)
     except (OSError, ValueError) as error:

@@ -6,35 +6,45 @@ Reading order:
   append_log, read_log                               log.jsonl: one JSON line per event, read as one history
   summarize                                          mean ± sample std over the finished seeds
   save_checkpoint, load_checkpoint, checkpoint_meta  one safetensors file per seed (never a pickle): trainable
-                                                     weights, AdamW moments, RNG states, and the position as JSON
+                                                     weights, AdamW moments, RNG states, and the position as JSON,
+                                                     with its SHA-256 beside it (integrity.py)
+  verified_checkpoint_meta                           --resume reads only a checkpoint that digest vouches for
   fingerprint, check_same_data                       the data files a record was made from, checked on --resume
   block_numbers, upgrade_run                         the format's versions (blocks count from 1 since version 2)
+  OutputLock, output_lock                            one run at a time in an output folder (run.lock)
 
 Under torchrun only rank 0 writes; save_checkpoint is a collective that every process calls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import math
+import os
+import socket
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 import distributed
-from model import replace_durably
+from integrity import check_digest, check_finite, replace_durably, save_safetensors, warn_unverified, writing
 
 RESULTS_KIND = "progtuning-results"
 COUNT_KIND = "progtuning-count"
 # 2: block numbers in records (stages, trainable_blocks) count from 1, as every printed line and the paper do;
 # version 1 counted them from 0. A --resume upgrades a version-1 record and checkpoint as it reads them.
 FORMAT_VERSION = 2
+CHECKPOINT_ADVICE = "restore the file from a copy, or start this seed over with --overwrite"
+LOCK_NAME = "run.lock"
 
 
 def json_safe(value):
@@ -55,8 +65,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text, encoding="utf-8")
-    replace_durably(temp, path)
+    with writing(path, temp):
+        temp.write_text(text, encoding="utf-8")
+        replace_durably(temp, path)
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -93,7 +104,7 @@ def read_log(path: Path) -> list[dict]:
 def append_log(path: Path, entry: dict) -> None:
     if not distributed.WORLD.main:
         return
-    with open(path, "a", encoding="utf-8") as file:
+    with writing(path), open(path, "a", encoding="utf-8") as file:
         file.write(json.dumps(json_safe({"time": time.time(), **entry})) + "\n")
 
 
@@ -116,8 +127,9 @@ def summarize(runs: list[dict]) -> dict:
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, names: list[str],
                     scaler, meta: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Trainable weights, AdamW moments, RNG states and the JSON position, written to a temp file and
-    renamed, so a crash mid-write leaves the previous checkpoint intact. `extra`: more tensors under their
-    own prefixes (a sparse method's mask/..., or burnin/... sums of an interrupted SAM burn-in)."""
+    renamed, so a crash mid-write leaves the previous checkpoint intact, with its SHA-256 beside it in
+    checkpoint.safetensors.sha256 (integrity.save_safetensors). `extra`: more tensors under their own
+    prefixes (a sparse method's mask/..., or burnin/... sums of an interrupted SAM burn-in)."""
     params = dict(model.named_parameters())
     tensors = {f"model/{n}": params[n].detach().cpu().contiguous() for n in names}
     tensors.update({key: value.detach().cpu().contiguous() for key, value in (extra or {}).items()})
@@ -132,9 +144,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if not world.main:
         return
     meta = {**meta, "world_size": world.size, "scaler": scaler.state_dict() if scaler is not None else None}
-    temp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temp), metadata={"progtuning": json.dumps(json_safe(meta))})
-    replace_durably(temp, path)
+    save_safetensors(path, tensors, {"progtuning": json.dumps(json_safe(meta))})
 
 
 def load_checkpoint(path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -189,6 +199,18 @@ def checkpoint_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
         return {key[len(prefix):]: file.get_tensor(key) for key in file.keys() if key.startswith(prefix)}
 
 
+def verified_checkpoint_meta(path: Path) -> dict:
+    """checkpoint_meta of a checkpoint shown to be intact: its bytes match the SHA-256 written with it
+    (checked before anything is read from it) and every tensor in it is finite. One from before digests
+    were kept is read with a warning."""
+    has_digest = check_digest(path, CHECKPOINT_ADVICE)
+    meta = checkpoint_meta(path)
+    check_finite(path, "checkpoint", CHECKPOINT_ADVICE)
+    if not has_digest and distributed.WORLD.main:
+        warn_unverified(path)
+    return meta
+
+
 def checkpoint_meta(path: Path) -> dict:
     """The JSON written beside the tensors: settings, seed, position and the run record so far."""
     try:
@@ -230,3 +252,84 @@ def upgrade_run(run: dict, version: int) -> dict:
         for epoch in run.get("epochs", []):
             epoch["trainable_blocks"] = block_numbers(epoch["trainable_blocks"])
     return run
+
+
+# --------------------------------------------------------------------------------------------------
+# One run at a time in an output folder
+# --------------------------------------------------------------------------------------------------
+
+class FolderInUse(OSError):
+    """Another process holds the output folder's lock; the message names it and what to do."""
+
+
+class OutputLock:
+    """An exclusive lock on an output folder: fcntl.flock on <folder>/run.lock, which also names its holder
+    (pid, host, start time) for the run that is refused. The OS lets go of it when the holder's process
+    ends, however it ends (a kill included), so no stale lock is ever left to clear by hand. The file stays;
+    it is emptied when the lock is released. A file system that refuses locks (some network ones) gets a
+    warning and an unlocked run (docs/run-files.md)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.path, self.file = Path(folder), Path(folder) / LOCK_NAME, None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+", encoding="utf-8")  # "a+": the holder's line stays until the lock is ours
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip()
+            file.close()
+            raise FolderInUse(f"{self.folder} is in use by another run ({_holder(holder)}), which holds "
+                              f"{self.path}; wait until it ends or stop it, or give this run another "
+                              "--output-dir") from None
+        except OSError as error:
+            print(f"WARNING: cannot lock {self.path} (the file system refused: {error.strerror}), so nothing "
+                  "stops a second run from writing into this folder at the same time", file=sys.stderr)
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.truncate(0)  # emptied while still held: a file left behind names no holder
+            self.file.close()  # closing the file lets go of the lock
+            self.file = None
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "its pid not written yet"
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path):
+    """OutputLock on `folder` for the enclosed work. Under torchrun rank 0 takes it before any process writes
+    there, and every process learns whether it could: a refused rank 0 says why, the others leave quietly."""
+    lock, failure = OutputLock(folder), None
+    if distributed.WORLD.main:
+        try:
+            lock.acquire()
+        except OSError as error:  # FolderInUse, or a folder that cannot be made
+            failure = error
+    if distributed.any_of(failure is not None, distributed.WORLD):
+        raise failure if failure is not None else SystemExit(1)
+    try:
+        yield lock
+    finally:
+        lock.release()

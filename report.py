@@ -429,6 +429,10 @@ def load_all(paths: list[str | Path], need_baseline: bool = False) -> tuple[list
             notes.append(f"WARNING: {path}: not a record run.py wrote ('kind' is {kind!r}, expected "
                          f"{RESULTS_KIND!r}); skipped")
             continue
+        if kind == RESULTS_KIND and not isinstance(record.get("settings"), dict):  # damaged or cut by hand
+            notes.append(f"WARNING: {path}: a run.py record without its 'settings' object, so which run it "
+                         "is cannot be told; skipped")
+            continue
         groups.setdefault(_merge_key(record) or f"alone: {path}", []).append((path, record))
     rows: list[ResultRow] = []
     for members in groups.values():

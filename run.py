@@ -8,17 +8,21 @@ or Progtuning (`--mode pt`), for full fine-tuning or a PEFT method, and leave a 
 
 Reading order, top to bottom as a run goes:
   OPTIONS, parse_args     the command line (a table) into recipe.Settings, filled from the paper's presets
-  main                    plan the run, read the data once, train each seed, write results.json
+  main, train_run         plan the run, lock the output folder, read the data once, train each seed,
+                          write results.json
   train_one_seed          the loop: for each epoch, for each batch: switch the stage if it changed, one
                           training step, progress; then evaluate, record and checkpoint
 The machinery lives below: recipe.py (settings, presets, the model and its plan), training.py (the step,
 per-block compile, progress, signals, checkpoints), evaluation.py (data and dev scores), records.py
-(files), progtuning.py and sparse.py (the methods), model.py (the encoder).
+(files, the folder's lock), integrity.py (durable writes, digests), progtuning.py and sparse.py (the
+methods), model.py (the encoder).
 
 Layout of a run (default --output-dir runs/<task>-<mode>-<method>[-<schedule>]):
   results.json               settings, parameter counts, every epoch's metrics, per-seed and mean ± std
+  run.lock                   held by the run writing here (its pid, host, start); a second run is refused
   seed-<k>/log.jsonl         one JSON line per progress report, stage switch and epoch
-  seed-<k>/checkpoint.safetensors   trainable weights, optimizer, scaler, RNG and position (for --resume)
+  seed-<k>/checkpoint.safetensors   trainable weights, optimizer, scaler, RNG and position (for --resume),
+                             with its SHA-256 in checkpoint.safetensors.sha256 (checked before reading it)
   seed-<k>/predictions-*.tsv|json   dev predictions of the last finished epoch
   seed-<k>/trained.safetensors      with --save-trained: only the parameters that ever trained
 """
@@ -46,8 +50,8 @@ from model import load_config, load_tokenizer, resolve_checkpoint, weight_files
 from progtuning import METHODS, MODES, SCHEDULES, count_parameters, parse_blocks, stage_diagram, stage_of_step
 from recipe import (TASKS, Settings, build_model, check_checkpoint, counts_record, counts_table, ever_trainable,
                     global_scope_note, plan, planned_entries, preset)
-from records import (COUNT_KIND, FORMAT_VERSION, RESULTS_KIND, block_numbers, check_same_data, checkpoint_meta,
-                     read_json, summarize, upgrade_run, write_json_atomic)
+from records import (COUNT_KIND, FORMAT_VERSION, RESULTS_KIND, OutputLock, block_numbers, check_same_data,
+                     checkpoint_meta, output_lock, read_json, summarize, upgrade_run, write_json_atomic)
 from sparse import SPARSE_METHODS
 from training import (Interrupt, Interrupted, Progress, SeedRun, Stepper, check_weights, environment, export_dir,
                       finish_seed, keep_large_tensors_in_the_heap, lr_at, prepare_mask)
@@ -297,12 +301,13 @@ def count_only(settings: Settings) -> dict:
     record = {"kind": COUNT_KIND, "format_version": FORMAT_VERSION, "settings": dataclasses.asdict(settings),
               "stages": [block_numbers(blocks) for blocks in stages], **counts_record(counts), "seconds": seconds}
     existing = Path(settings.output_dir) / "results.json"
-    if existing.exists() and not settings.overwrite:
-        kind = read_json(existing).get("kind")
-        if kind != COUNT_KIND:
-            raise SystemExit(f"error: {existing} holds a training record ({kind}); choose another --output-dir "
-                             "or pass --overwrite")
-    write_json_atomic(existing, record)
+    with OutputLock(existing.parent):  # a training run in this folder is never replaced by a plan
+        if existing.exists() and not settings.overwrite:
+            kind = read_json(existing).get("kind")
+            if kind != COUNT_KIND:
+                raise SystemExit(f"error: {existing} holds a training record ({kind}); choose another "
+                                 "--output-dir or pass --overwrite")
+        write_json_atomic(existing, record)
     print(f"wrote {existing} ({seconds * 1000:.0f} ms)")
     return record
 
@@ -379,8 +384,13 @@ def main(argv: list[str] | None = None) -> dict:
     if settings.count_only:
         return count_only(settings) if world.main else {}
     check_weights_first(settings)
-    out = Path(settings.output_dir)
-    results_path = out / "results.json"
+    with output_lock(Path(settings.output_dir)):  # held while this run writes there; a second run stops here
+        return train_run(settings)
+
+
+def train_run(settings: Settings) -> dict:
+    """Read the data once, train each seed, write results.json after every epoch; returns the record."""
+    results_path = Path(settings.output_dir) / "results.json"
     previous = existing_results(settings, results_path)
     distributed.barrier()  # every process has read what exists before rank 0 writes anything
     torch.manual_seed(0)
@@ -485,7 +495,7 @@ def existing_results(settings: Settings, results_path: Path) -> dict | None:
         print(f"note: --resume but no {results_path} yet; seeds continue from their checkpoints where present")
     if settings.overwrite and not settings.resume and distributed.WORLD.main:
         for seed in settings.seeds:
-            for stale in ("checkpoint.safetensors", "log.jsonl"):
+            for stale in ("checkpoint.safetensors", "checkpoint.safetensors.sha256", "log.jsonl"):
                 (results_path.parent / f"seed-{seed}" / stale).unlink(missing_ok=True)
     if settings.export and not settings.overwrite:  # refuse now, not after hours of training
         for seed in settings.seeds:

@@ -21,6 +21,7 @@ Reading order:
   top_k_mask, random_mask, magnitude_scores, burn_in     the three rules (SAM's scores come from burn_in)
   mask_gradients, SparseAdamW                           training only the masked-in entries
   save_trained, rebuild                                 the fine-tuned model as θ0 + (indices, values)
+  checked_trained_meta                                  that file read back only when its SHA-256 matches
 
     python sparse.py rebuild seed-1/trained.safetensors --base MODEL_DIR --out DIR   # a full model folder
 """
@@ -35,15 +36,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 import data
-from model import Transformer, from_pretrained, part_of, replace_durably, resolve_checkpoint, write_model_folder
+from integrity import check_digest, check_finite, save_safetensors, warn_unverified
+from model import Transformer, from_pretrained, part_of, resolve_checkpoint, write_model_folder
 
 SPARSE_METHODS = ("sam", "random", "magnitude")
 SCOPES = ("tensor", "global")
 TRAINED_FORMAT = "progtuning-sparse-trained"
+TRAINED_ADVICE = "restore it from a copy, or train the seed again with --save-trained"
 
 Mask = dict[str, torch.Tensor]  # parameter name -> sorted flat indices (int64) of its masked-in entries
 
@@ -269,9 +271,7 @@ def save_trained(path: Path, model: nn.Module, mask: Mask, dense_names: list[str
         tensors[f"values/{name}"] = params[name].detach().reshape(-1)[indices.to(params[name].device)].cpu()
     for name in dense_names:
         tensors[f"dense/{name}"] = params[name].detach().cpu().contiguous()
-    temp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temp), metadata={"format": TRAINED_FORMAT, "progtuning": json.dumps(meta)})
-    replace_durably(temp, path)
+    save_safetensors(path, tensors, {"format": TRAINED_FORMAT, "progtuning": json.dumps(meta)})
 
 
 def trained_meta(path: Path) -> dict:
@@ -287,8 +287,20 @@ def trained_meta(path: Path) -> dict:
     return json.loads(metadata["progtuning"])
 
 
+def checked_trained_meta(path: Path) -> dict:
+    """trained_meta of a trained file shown to be intact: its bytes match the SHA-256 written with it and
+    its values are finite (a file from before digests were kept is read with a warning)."""
+    has_digest = check_digest(path, TRAINED_ADVICE)
+    meta = trained_meta(path)
+    check_finite(path, "trained file", TRAINED_ADVICE)
+    if not has_digest:
+        warn_unverified(path)
+    return meta
+
+
 def apply_trained(model: nn.Module, path: Path) -> nn.Module:
-    """Write a sparse trained file's values into a model holding the pretrained weights θ0."""
+    """Write a sparse trained file's values into a model holding the pretrained weights θ0 (the file
+    checked by checked_trained_meta first)."""
     trained_meta(path)
     params = dict(model.named_parameters())
     with safe_open(str(path), framework="pt") as file, torch.no_grad():
@@ -309,7 +321,7 @@ def rebuild(trained: Path, base: str | Path | None = None) -> Transformer:
     """The fine-tuned model: the pretrained checkpoint (`base`, default the one the run used) with the
     task head the run trained, and the trained file's values written in. (A sparse method adds no module
     to the encoder, so the pretrained model is the whole architecture.)"""
-    meta = trained_meta(trained)
+    meta = checked_trained_meta(trained)
     head, num_labels = data.task_head(meta["settings"]["task"])
     model = from_pretrained(base or meta["settings"]["model"], head=head, num_labels=num_labels)
     return apply_trained(model, trained)

@@ -95,11 +95,13 @@ def test_two_processes_train_what_one_process_trains(tmp_path, no_dropout_dir, g
     assert digests[0]["block 2"] != digests[1]["block 2"] == digests[2]["block 2"]
     assert len({d["block 4"] for d in digests}) == 3 and len({d["H"] for d in digests}) == 3
 
-    # one record, one log, one checkpoint: rank 1 writes nothing
+    # one record, one log, one checkpoint: rank 1 writes nothing; rank 0's lock is released (emptied)
     written = sorted(str(path.relative_to(tmp_path / "two")) for path in (tmp_path / "two").rglob("*")
                      if path.is_file())
-    assert written == ["results.json", "seed-1/checkpoint.safetensors", "seed-1/log.jsonl",
-                       "seed-1/predictions-rte.tsv", "seed-1/trained.safetensors"]
+    assert written == ["results.json", "run.lock", "seed-1/checkpoint.safetensors",
+                       "seed-1/checkpoint.safetensors.sha256", "seed-1/log.jsonl", "seed-1/predictions-rte.tsv",
+                       "seed-1/trained.safetensors", "seed-1/trained.safetensors.sha256"]
+    assert (tmp_path / "two" / "run.lock").read_text() == ""
 
 
 def test_resume_under_two_processes_ends_as_if_never_interrupted(tmp_path, dropout_dir, glue_dir):
@@ -172,6 +174,27 @@ def test_a_dead_or_hung_process_stops_the_others_with_one_line(tmp_path, dropout
     assert lines[0].startswith("error: process 0 of 2: waiting for the other processes failed")
     assert "--dist-timeout" in lines[0] and "--resume" in lines[0]
     assert waited < (60 if fault == "hung" else 30)  # the timeout is 9 s; a dead peer is noticed at once
+
+
+def test_a_busy_output_folder_stops_every_process_before_any_writes(tmp_path, dropout_dir, glue_dir):
+    """Rank 0 takes the folder's lock before anything is written; when another run holds it, rank 0 says so
+    in one line and rank 1 leaves with it, quietly, instead of waiting in the next collective."""
+    out = tmp_path / "out"
+    port = _free_port()
+    with records.OutputLock(out):  # this test process is the run that holds the folder
+        procs = []
+        for rank in (0, 1):
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            procs.append(subprocess.Popen([sys.executable, str(HERE / "run.py"),
+                                           *map(str, common(dropout_dir, glue_dir, out))], env=env, text=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        errors = [proc.communicate(timeout=HANG)[1] for proc in procs]
+        assert [proc.returncode for proc in procs] == [1, 1], errors
+        assert errors[0].startswith(f"error: FolderInUse: {out} is in use by another run (pid {os.getpid()} on "), \
+            errors[0]
+        assert len(errors[0].strip().splitlines()) == 1 and errors[1] == ""
+        assert [path.name for path in out.iterdir()] == ["run.lock"]
 
 
 def test_abandon_prints_its_line_keeps_what_was_printed_and_skips_teardown():

@@ -388,6 +388,17 @@ def test_one_configurations_seeds_from_several_folders_make_one_row(tmp_path: Pa
                         "configuration stays a row of its own")
 
 
+def test_a_record_without_settings_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    good = write_results(tmp_path / "good", make_results())
+    record = make_results()
+    del record["settings"]
+    damaged = write_results(tmp_path / "damaged", record)
+    rows, notes = report.load_all([tmp_path])
+    assert [row.path for row in rows] == [good]
+    assert notes == [f"WARNING: {damaged}: a run.py record without its 'settings' object, so which run it is "
+                     "cannot be told; skipped"]
+
+
 def test_count_only_plans_are_left_out_with_a_note(tmp_path):
     plan = tmp_path / "results.json"
     plan.write_text(json.dumps({"kind": "progtuning-count", "format_version": 1}))

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import HANG, TINY_CONFIG, build_tiny_bert, squad_file
 import data
+import integrity
 import model as M
 import progtuning as P
 import records
@@ -45,6 +46,12 @@ def run_args(model_dir, out, *extra, glue_dir=None):
 
 def results_of(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
+
+
+def copy_checkpoint(source: Path, dest: Path) -> None:
+    """A checkpoint with its digest file: --resume reads a checkpoint only when the two agree."""
+    shutil.copy(source, dest)
+    shutil.copy(integrity.digest_path(source), integrity.digest_path(dest))
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -172,7 +179,7 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
         run.main(run_args(tiny_dir, crashed, *common, glue_dir=glue_dir))
     monkeypatch.setattr(run, "summarize", real_summarize)
     after_epoch_1 = tmp_path / "after-epoch-1.safetensors"
-    shutil.copy(crashed / "seed-1" / "checkpoint.safetensors", after_epoch_1)
+    copy_checkpoint(crashed / "seed-1" / "checkpoint.safetensors", after_epoch_1)
     run.main(run_args(tiny_dir, crashed, *common, "--resume", glue_dir=glue_dir))
     resumed = results_of(crashed)
     assert resumed["runs"][0]["final"] == record["runs"][0]["final"]
@@ -212,7 +219,7 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
     # again after a "resumed" event, and read_log gives one history with nothing counted twice.
     killed = tmp_path / "killed"
     shutil.copytree(straight, killed)
-    shutil.copy(after_epoch_1, killed / "seed-1" / "checkpoint.safetensors")
+    copy_checkpoint(after_epoch_1, killed / "seed-1" / "checkpoint.safetensors")
     data = results_of(killed)
     data["runs"][0].update(status="running", epochs=data["runs"][0]["epochs"][:1], final=None)
     (killed / "results.json").write_text(json.dumps(data))
@@ -230,7 +237,7 @@ def test_tiny_run_records_resume_and_frozen_blocks(tmp_path, tiny_dir, glue_dir,
 def _other_recipe_is_refused(tiny_dir, glue_dir, interrupted, after_epoch_1, common):
     """Resuming with a different recipe is refused, naming what differs."""
     (interrupted / "seed-1" / "checkpoint.safetensors").unlink()
-    shutil.copy(after_epoch_1, interrupted / "seed-1" / "checkpoint.safetensors")
+    copy_checkpoint(after_epoch_1, interrupted / "seed-1" / "checkpoint.safetensors")
     data = results_of(interrupted)
     data["runs"][0]["status"] = "running"
     (interrupted / "results.json").write_text(json.dumps(data))
@@ -701,6 +708,7 @@ def test_records_number_blocks_from_1_and_a_version_1_record_is_upgraded(tmp_pat
     del meta["format_version"]
     meta["run"]["epochs"][0]["trainable_blocks"] = [0, 1, 2, 3]
     save_file(load_file(checkpoint), str(checkpoint), metadata={"progtuning": json.dumps(meta)})
+    integrity.digest_path(checkpoint).unlink()  # version 1 kept no digest
     resumed = run.main(run_args(tiny_dir, out, *short, "--resume", glue_dir=glue_dir))
     assert resumed["format_version"] == 2
     assert [e["trainable_blocks"] for e in resumed["runs"][0]["epochs"]] == numbered

@@ -32,18 +32,18 @@ from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 import data
 import distributed
 import export
 import progtuning
 import sparse
-from model import Transformer, part_of, replace_durably
+from integrity import digest_path, save_safetensors
+from model import Transformer, part_of
 from progtuning import ParameterCounts, count_parameters
 from recipe import Settings, autocast, autocast_dtype, counts_record, first_non_finite
-from records import (FORMAT_VERSION, append_log, block_numbers, check_same_data, checkpoint_meta,
-                     checkpoint_tensors, load_checkpoint, restore_rng, save_checkpoint, upgrade_run)
+from records import (FORMAT_VERSION, append_log, block_numbers, check_same_data, checkpoint_tensors,
+                     load_checkpoint, restore_rng, save_checkpoint, upgrade_run, verified_checkpoint_meta)
 from sparse import SPARSE_METHODS
 
 
@@ -439,10 +439,10 @@ class SeedRun:
         self.clock = time.perf_counter()
 
     def _checked_meta(self) -> dict:
-        """The checkpoint's metadata, once it is shown to continue this very run. Settings are compared
-        before any tensor is copied: another lora_r or method would otherwise fail inside torch on a shape
-        mismatch instead of saying what differs."""
-        meta, path, world = checkpoint_meta(self.checkpoint_path), self.checkpoint_path, distributed.WORLD
+        """The checkpoint's metadata, once the file is shown intact (its digest, finite tensors) and to
+        continue this very run. Settings are compared before any tensor is copied: another lora_r or method
+        would otherwise fail inside torch on a shape mismatch instead of saying what differs."""
+        meta, path, world = verified_checkpoint_meta(self.checkpoint_path), self.checkpoint_path, distributed.WORLD
         differing = self.settings.differences(meta["settings"])
         if differing or meta["seed"] != self.seed:
             raise SystemExit(f"error: {path} was written with other settings "
@@ -691,10 +691,8 @@ def finish_seed(settings: Settings, seed_run: SeedRun, stepper: Stepper) -> None
                   f"{len(names) - len(mask)} whole tensors); rebuild with `python sparse.py rebuild {path} --out DIR`")
         else:
             params = dict(model.named_parameters())
-            temp = path.with_name(path.name + ".tmp")
-            save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(temp),
-                      metadata={"progtuning": json.dumps(meta)})
-            replace_durably(temp, path)
+            save_safetensors(path, {n: params[n].detach().cpu().contiguous() for n in names},
+                             {"progtuning": json.dumps(meta)})
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
     if settings.export and complete:
         model.eval()
@@ -702,6 +700,7 @@ def finish_seed(settings: Settings, seed_run: SeedRun, stepper: Stepper) -> None
         print(f"exported {dest} (Hugging Face layout)")
     if not settings.keep_checkpoint and complete:
         seed_run.checkpoint_path.unlink(missing_ok=True)
+        digest_path(seed_run.checkpoint_path).unlink(missing_ok=True)
         print(f"removed {seed_run.checkpoint_path} (--no-keep-checkpoint; the seed is complete)")
 
 
