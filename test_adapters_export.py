@@ -27,9 +27,10 @@ from conftest import HANG
 transformers = pytest.importorskip("transformers", reason="the tiny RoBERTa is made with transformers (dev)")
 
 HERE = Path(__file__).resolve().parent
-ATOL = 1e-5  # as test_export.py: below what the tanh form of gelu would change
+ATOL = 1e-5  # as test_export.py
 # Run in the adapters environment: load the folder with the lines of its card, then the logits of the saved batch
-# with the adapter and, to show that it is used, without it.
+# with the adapter and, to show that it is used, without it; and how far each loaded adapter's non-linearity is
+# from the exact gelu (the tanh form would move these small test models' logits by less than ATOL).
 CHECK = '''
 import re, sys
 from pathlib import Path
@@ -41,11 +42,15 @@ namespace = {}
 exec(code, namespace)
 model = namespace["model"].eval()
 batch = load_file(str(inputs))
+grid = torch.linspace(-6, 6, 1201)
+activations = [m.adapter_down[-1] for m in model.modules() if hasattr(m, "adapter_up")]  # Linear, activation
+gelu_error = max((a(grid) - torch.nn.functional.gelu(grid)).abs().max() for a in activations)
 with torch.no_grad():
     logits = model(**batch).logits
     model.set_active_adapters(None)
     without = model(**batch).logits
-save_file({"logits": logits.contiguous(), "without_adapter": without.contiguous()}, str(output))
+save_file({"logits": logits.contiguous(), "without_adapter": without.contiguous(),
+           "adapters": torch.tensor(len(activations)), "gelu_error": gelu_error}, str(output))
 '''
 
 
@@ -79,7 +84,8 @@ def dev_batch(model_dir: Path, glue_dir: Path, task: str) -> dict[str, torch.Ten
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def compare(ours: torch.Tensor, theirs: dict) -> float:
+def compare(ours: torch.Tensor, theirs: dict, blocks: int) -> float:
+    assert theirs["adapters"] == 2 * blocks and theirs["gelu_error"] == 0  # every adapter, with the exact gelu
     torch.testing.assert_close(theirs["logits"], ours, atol=ATOL, rtol=0)
     assert (theirs["without_adapter"] - ours).abs().max() > 100 * ATOL  # the adapter is there, and it matters
     return (theirs["logits"] - ours).abs().max().item()
@@ -102,7 +108,7 @@ def test_a_minilm_adapter_run_loads_in_adapters_with_our_logits(tmp_path, minilm
     batch = dev_batch(minilm_dir, glue_dir, task)
     with torch.no_grad():
         ours = model.eval()(**batch)
-    difference = compare(ours, adapters_logits(adapters_python, tmp_path / "out", batch, tmp_path))
+    difference = compare(ours, adapters_logits(adapters_python, tmp_path / "out", batch, tmp_path), 6)
     with capsys.disabled():
         print(f"\nMiniLM {task}: adapters logits against ours, max |difference| {difference:.2e}")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["progtuning"]["format"] == "adapters"
@@ -137,7 +143,7 @@ def test_a_roberta_adapter_loads_in_adapters_with_our_logits(tmp_path, adapters_
     batch = {"input_ids": ids, "attention_mask": mask}
     with torch.no_grad():
         ours = model.eval()(**batch)
-    difference = compare(ours, adapters_logits(adapters_python, tmp_path / "out", batch, tmp_path))
+    difference = compare(ours, adapters_logits(adapters_python, tmp_path / "out", batch, tmp_path), 2)
     with capsys.disabled():
         print(f"\ntiny RoBERTa: adapters logits against ours, max |difference| {difference:.2e}")
 
