@@ -13,8 +13,8 @@ and every other run as `hf`):
             files. full, bitfit and the sparse methods export their weights as they are (dense); lora the
             weights with B·A merged in (merged for the export only, then taken out again).
   peft      lora only: the adapter folder of Hugging Face's peft library, DIR/adapter_config.json (peft_type
-            LORA, the task type, r, lora_alpha, lora_dropout, target_modules, modules_to_save for what trained
-            whole -- the head --, the base model's name or path) and DIR/adapter_model.safetensors under peft's
+            LORA, the task type, r, lora_alpha, lora_dropout, target_modules, the base model's name or path,
+            and modules_to_save for what trained whole, the head) and DIR/adapter_model.safetensors under peft's
             key names (`base_model.model.` + transformers' name, `.lora_A.weight` / `.lora_B.weight`), which
             `peft.PeftModel.from_pretrained(base model, DIR)` loads onto the unchanged public base model.
   adapters  adapter only, BERT and RoBERTa: the adapter in the layout of the adapter-hub `adapters` library,
@@ -105,7 +105,10 @@ def hf_name(name: str, model_type: str) -> str:
 # so their matrices end in `.weight`. A module in modules_to_save is saved whole under its own names.
 PEFT_PREFIX = "base_model.model."
 PEFT_NAMES = ((".lora_A", ".lora_A.weight"), (".lora_B", ".lora_B.weight"))
-PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "span": "QUESTION_ANS"}
+# A span head gets no task type: peft's question-answering wrapper (PeftModelForQuestionAnswering, peft 0.22)
+# does not pass token_type_ids on to the model, so BERT would read every token as its first segment; the plain
+# PeftModel passes every input through.
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "span": None}
 
 # The adapters library keeps a layer's bottleneck adapters in `adapters.<adapter name>` of BertSelfOutput and
 # BertOutput (RoBERTa's likewise): adapter_down is Sequential(Linear, activation), adapter_up a Linear.

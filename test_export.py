@@ -199,6 +199,28 @@ def test_a_lora_run_loads_as_a_peft_adapter_with_our_logits(tmp_path, minilm_dir
         predict.main(["--model", str(tmp_path / "peft"), "--task", task, "--input", str(tmp_path / "pair.tsv")])
 
 
+def test_a_lora_span_head_loads_as_a_peft_question_answering_adapter(tmp_path, minilm_dir):
+    """No training: LoRA's B drawn at random (the span head is new anyway), then exported, loaded and compared on
+    a question and its context, whose token types BERT reads."""
+    peft = pytest.importorskip("peft", reason="the peft export is checked against peft (dev)")
+    torch.manual_seed(0)
+    model = P.add_method(M.from_pretrained(minilm_dir, head="span"), "lora")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_B.normal_(std=0.5)
+    settings = run.parse_args(["--task", "squad", "--method", "lora", "--model", str(minilm_dir)])
+    export.export_model(model, {"settings": dataclasses.asdict(settings)}, 1, tmp_path / "qa", "peft")
+    config = json.loads((tmp_path / "qa" / "adapter_config.json").read_text())
+    assert config["task_type"] is None and config["modules_to_save"] == ["qa_outputs"]
+    question, context = ["Who sat on the mat?"], ["The cat sat on the mat."]
+    ours_start, ours_end = our_logits(model, minilm_dir, question, context)
+    output, loaded = their_logits(tmp_path / "qa", question, context)
+    assert isinstance(loaded, peft.PeftModel)
+    torch.testing.assert_close(output.start_logits, ours_start, atol=ATOL, rtol=0)
+    torch.testing.assert_close(output.end_logits, ours_end, atol=ATOL, rtol=0)
+
+
 # -------------------------------------------------------------------------------------------- the card
 
 def test_the_card_says_what_the_record_says(tmp_path, tiny_dir, glue_dir):
