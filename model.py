@@ -621,6 +621,15 @@ def hf_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+def hub_name(name_or_path: str | Path) -> str | None:
+    """The hub repository id that a --model value names, or None when it is a local folder (or no hub id);
+    the same order resolve_checkpoint follows: a folder of that name wins."""
+    name = str(name_or_path)
+    if Path(name).expanduser().exists() or not _REPO_ID.match(name) or ".." in name or "--" in name:
+        return None
+    return name
+
+
 def resolve_checkpoint(name_or_path: str | Path, revision: str = "main") -> Path:
     """A local folder holding config.json (and usually the weights) for a path or a hub name."""
     path = Path(name_or_path).expanduser()
@@ -631,9 +640,9 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str = "main") -> Path
         return path
     if path.exists():
         raise FileNotFoundError(f"{path}: is a file; expected a model folder holding config.json")
-    name = str(name_or_path)
-    if not _REPO_ID.match(name) or ".." in name or "--" in name:
-        raise FileNotFoundError(f"{name}: no such model folder (and not a Hugging Face hub name)")
+    name = hub_name(name_or_path)
+    if name is None:
+        raise FileNotFoundError(f"{name_or_path}: no such model folder (and not a Hugging Face hub name)")
     cached = _cached_snapshot(name, revision)
     if cached is not None:
         return cached
@@ -646,9 +655,22 @@ def resolve_checkpoint(name_or_path: str | Path, revision: str = "main") -> Path
 
 def write_model_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dict, base: Path,
                        overwrite: bool = False) -> Path:
-    """A Hugging Face model folder -- model.safetensors, config.json and the base model's tokenizer files --
-    written next to `dest` under a temporary name and renamed into place, so a crash leaves no half folder.
-    A `dest` that exists and is not empty is replaced only with overwrite (FileExistsError otherwise)."""
+    """A Hugging Face model folder: model.safetensors, config.json and the base model's tokenizer files
+    (write_folder says how it is written)."""
+    return write_folder(dest, {"model.safetensors": tensors, "config.json": config, **tokenizer_files(base)},
+                        overwrite)
+
+
+def tokenizer_files(base: Path) -> dict[str, Path]:
+    """The tokenizer files a model folder holds, as write_folder takes them: {name: the file to copy}."""
+    return {name: base / name for name in TOKENIZER_FILES if (base / name).is_file()}
+
+
+def write_folder(dest: Path, files: dict[str, object], overwrite: bool = False) -> Path:
+    """A folder of files, written next to `dest` under a temporary name and renamed into place, so a crash
+    leaves no half folder. `files` maps a relative path to what it holds: a Path (a file to copy), or by the
+    path's ending a dict of tensors (`.safetensors`), a JSON value (`.json`) or text (any other). A `dest`
+    that exists and is not empty is replaced only with overwrite (FileExistsError otherwise)."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not overwrite:
         raise FileExistsError(f"{dest} exists and is not empty; pass --overwrite to replace it, or write to "
@@ -659,14 +681,19 @@ def write_model_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dic
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed folder
-        with writing(dest / "model.safetensors"):
-            save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        with writing(dest / "config.json"):
-            (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                with writing(dest / name):
-                    shutil.copy(base / name, staging / name)
+        for name, content in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with writing(dest / name):
+                if isinstance(content, Path):
+                    shutil.copy(content, path)
+                elif name.endswith(".safetensors"):
+                    save_file(content, str(path), metadata={"format": "pt"})
+                elif name.endswith(".json"):
+                    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+                else:
+                    path.write_text(content, encoding="utf-8")
+            path.chmod(0o666 & ~umask)  # a file to share, whatever mode its writer chose
         if dest.exists():
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
         staging.rename(dest)

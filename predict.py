@@ -2,9 +2,9 @@
 
     python predict.py --model DIR --task rte --input pairs.tsv [--output predictions.tsv]
 
-DIR is a folder export.py wrote (Hugging Face layout) or a run.py --output-dir (its first finished seed,
-or --seed K). The tokenizer, max length and batching are the training run's, so a GLUE dev file gives
-exactly the predictions the run wrote for it (predictions-<task>.tsv).
+DIR is a folder export.py wrote in the hf format (Hugging Face layout) or a run.py --output-dir (its first
+finished seed, or --seed K). The tokenizer, max length and batching are the training run's, so a GLUE dev file
+gives exactly the predictions the run wrote for it (predictions-<task>.tsv).
 
 Input, one example per line:
   .tsv    text_a, or text_a<TAB>text_b for pair tasks; or a GLUE file of the task (recognised by its
@@ -107,11 +107,17 @@ def load_model(folder: Path, task: str, seed: int | None):
             raise ValueError(f"{folder} was trained on {settings.task}, not {task}")
         return model, settings.model, settings.max_length, settings.eval_batch_size
     config_path = folder / "config.json"
+    if (folder / "adapter_config.json").is_file() and not config_path.is_file():
+        raise ValueError(f"{folder} is a peft adapter (export.py --format peft), which holds no whole model; give "
+                         "--model the run folder, or an export in the hf format")
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: neither an export (config.json) nor a run folder (results.json)")
     made = json.loads(config_path.read_text(encoding="utf-8")).get("progtuning")
     if not made:
         raise ValueError(f"{config_path} has no 'progtuning' entry: not a folder export.py wrote")
+    if made.get("format", "hf") != "hf":
+        raise ValueError(f"{folder} is an export in the {made['format']} format, whose adapter layers predict.py "
+                         "does not load; give --model the run folder, or an export in the hf format")
     if made["task"] != task:
         raise ValueError(f"{folder} was trained on {made['task']}, not {task}")
     spec = data.glue_task(task)

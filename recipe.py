@@ -124,7 +124,8 @@ class Settings:
     save_trained: bool = False
     keep_checkpoint: bool = True  # a finished seed's checkpoint (weights + AdamW moments: ~3x the model)
     dist_timeout: float = 30.0  # minutes a process waits for the others (torchrun) before it gives up
-    export: str | None = None  # write each finished seed in the Hugging Face layout here (export.py)
+    export: str | None = None  # write each finished seed here (export.py)
+    export_format: str | None = None  # hf, peft or adapters (export.FORMATS); None: the method's default
     train_blocks: str | None = None  # a fixed set of blocks instead of a schedule (progtuning.parse_blocks)
     count_only: bool = False
     interrupt_after_steps: int | None = None  # testing: behave as if Ctrl-C came after this many steps

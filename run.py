@@ -43,6 +43,7 @@ from safetensors import SafetensorError
 
 import data
 import distributed
+import export
 import glue_eval
 import sparse
 from evaluation import evaluate, load_task_data
@@ -144,8 +145,11 @@ OPTIONS = [
                                  "default off")),
     ("speed", "--amp-dtype", dict(default="auto", choices=("auto", "bf16", "fp16"), help="autocast precision: "
                                   "auto = bf16 where the device supports it, else fp16 with a GradScaler")),
-    ("speed", "--export", dict(metavar="DIR", help="at the end of each seed, write the model in the Hugging Face "
-                               "layout to DIR (DIR/seed-<k> with several seeds); see export.py")),
+    ("speed", "--export", dict(metavar="DIR", help="at the end of each seed, write the model with a model card to "
+                               "DIR (DIR/seed-<k> with several seeds); see export.py")),
+    ("speed", "--export-format", dict(choices=tuple(export.FORMATS), help="--export's format: hf (transformers), "
+                                      "peft (LoRA runs), adapters (Adapter runs); default adapters for Adapter runs, "
+                                      "hf otherwise")),
     ("speed", "--dist-timeout", dict(type=finite, default=30.0, help="torchrun: minutes a process waits in a "
                                      "collective before it stops with an error")),
     (None, "--compile-backend", dict(default="inductor", help=argparse.SUPPRESS)),
@@ -252,9 +256,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     for flag, ok, expected in CHECKS:
         if not ok(settings):
             raise ValueError(f"{flag} must be {expected}, got {getattr(settings, flag[2:].replace('-', '_'))}")
-    if settings.export and settings.method == "adapter":
-        raise ValueError("--export: an adapter run cannot be exported to the Hugging Face layout (a plain encoder "
-                         "has no adapter layers); leave --export out and use the checkpoint with this project")
+    if settings.export_format and not settings.export:
+        raise ValueError("--export-format applies with --export DIR")
+    if settings.export:
+        export.check_format(settings.method, settings.export_format, random_init=settings.random_init,
+                            flag="--export-format")
     if settings.mode == "pt" and settings.schedule == "no-low" and settings.stages == 1:
         raise ValueError("--schedule no-low needs at least 2 stages: with one stage it would train no block at all")
     settings.method_options().validate()
@@ -376,7 +382,13 @@ def main(argv: list[str] | None = None) -> dict:
         sys.stdout = open(os.devnull, "w")  # rank 0 reports for everyone; errors still reach stderr
     print("settings: " + json.dumps(dataclasses.asdict(settings)), flush=True)
     print(f"preset: {settings.preset_source}")
-    positions = load_config(settings.model).max_length
+    config = load_config(settings.model)
+    positions = config.max_length
+    if settings.export:  # the format's checks that need the model type, before any training
+        try:
+            export.check_format(settings.method, settings.export_format, config.model_type, flag="--export-format")
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
     if settings.max_length > positions:
         raise SystemExit(f"error: --max-length {settings.max_length} exceeds the {positions} positions of "
                          f"{settings.model} (max_position_embeddings in its config.json); use --max-length "
@@ -385,11 +397,12 @@ def main(argv: list[str] | None = None) -> dict:
         return count_only(settings) if world.main else {}
     check_weights_first(settings)
     with output_lock(Path(settings.output_dir)):  # held while this run writes there; a second run stops here
-        return train_run(settings)
+        return train_run(settings, sys.argv[1:] if argv is None else list(argv))
 
 
-def train_run(settings: Settings) -> dict:
-    """Read the data once, train each seed, write results.json after every epoch; returns the record."""
+def train_run(settings: Settings, command: list[str]) -> dict:
+    """Read the data once, train each seed, write results.json after every epoch (`command`, this run's
+    arguments, joins its list of commands); returns the record."""
     results_path = Path(settings.output_dir) / "results.json"
     previous = existing_results(settings, results_path)
     distributed.barrier()  # every process has read what exists before rank 0 writes anything
@@ -412,6 +425,7 @@ def train_run(settings: Settings) -> dict:
                **counts_record(counts), "majority_baseline": task_data.majority_baseline,
                "data_files": task_data.files, "skipped_rows": task_data.skipped_rows, "runs": [],
                "summary": {}, "environment": environment(settings)}
+    results["commands"] = [*(previous or {}).get("commands", []), command]
     if previous is not None:
         check_same_data(previous.get("data_files"), task_data.files, results_path)
         results["runs"] = [upgrade_run(r, previous.get("format_version", 1)) for r in previous.get("runs", [])

@@ -225,10 +225,12 @@ def test_more_stages_than_steps_is_said(tmp_path, tiny_dir, glue_dir, capsys):
 
 def test_an_exported_folder_gets_the_usual_permissions(tmp_path, tiny_dir, glue_dir):
     run.main(run_args(tiny_dir, tmp_path / "run", "--epochs", 1, *SHORT, glue_dir=glue_dir))
-    dest = export.export_model(*export.load_run_model(tmp_path / "run")[:2], tmp_path / "export")
+    model, _, seed = export.load_run_model(tmp_path / "run")
+    dest = export.export_model(model, export.read_record(tmp_path / "run"), seed, tmp_path / "export")
     umask = os.umask(0)
     os.umask(umask)
     assert dest.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {path.stat().st_mode & 0o777 for path in dest.iterdir()} == {0o666 & ~umask}
 
 
 # ------------------------------------------------------------------------------------ one run per folder

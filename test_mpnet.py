@@ -327,11 +327,14 @@ def test_every_method_and_the_probe_train_mpnet(tmp_path, tiny_mpnet, glue_dir, 
 
 
 def test_a_span_head_exports_as_mpnet_question_answering(tmp_path, tiny_mpnet):
+    import dataclasses
+
     import export
 
     torch.manual_seed(0)
     model = M.from_pretrained(tiny_mpnet, head="span").eval()
-    export.export_model(model, run.parse_args(["--task", "squad", "--model", str(tiny_mpnet)]), tmp_path / "qa")
+    settings = run.parse_args(["--task", "squad", "--model", str(tiny_mpnet)])
+    export.export_model(model, {"settings": dataclasses.asdict(settings)}, 1, tmp_path / "qa")
     hf_model = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "qa").eval()
     assert type(hf_model).__name__ == "MPNetForQuestionAnswering"
     batch = padded_batch()
@@ -340,3 +343,29 @@ def test_a_span_head_exports_as_mpnet_question_answering(tmp_path, tiny_mpnet):
         start, end = model(**batch)
     torch.testing.assert_close(start, expected.start_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(end, expected.end_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb"])
+def test_real_mpnet_lora_loads_as_a_peft_adapter_with_our_logits(tmp_path, mpnet_dir, glue_dir, task, capsys):
+    """One LoRA step on the real checkpoint (a large learning rate, so that B·A shows), exported as a peft adapter:
+    peft's PeftModel on transformers' MPNet gives our logits on real dev rows."""
+    from test_export import check_peft_export
+
+    run.main(["--task", task, "--method", "lora", "--model", str(mpnet_dir), "--data-dir", str(glue_dir),
+              "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--limit-train", "8", "--limit-eval", "4",
+              "--batch-size", "8", "--max-length", "64", "--lr", "1e-2", "--export", str(tmp_path / "peft"),
+              "--export-format", "peft"])
+    difference = check_peft_export(tmp_path / "peft", tmp_path / "run", mpnet_dir, glue_dir, task, max_length=64)
+    with capsys.disabled():
+        print(f"\nMPNet {task}: peft logits against ours, max |difference| {difference:.2e}")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["q", "v"] and config["modules_to_save"] == ["classifier"]
+
+
+def test_an_mpnet_adapter_run_cannot_take_the_adapters_format(tmp_path, tiny_mpnet, glue_dir, capsys):
+    argv = ["--task", "rte", "--method", "adapter", "--model", str(tiny_mpnet), "--data-dir", str(glue_dir),
+            "--output-dir", str(tmp_path / "run"), "--export", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="^error: --export-format adapters: the adapters library has no mpnet "
+                                         "model classes"):
+        run.main(argv)
+    assert not (tmp_path / "run").exists()  # said before any training

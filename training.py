@@ -43,7 +43,7 @@ from model import Transformer, part_of
 from progtuning import ParameterCounts, count_parameters
 from recipe import Settings, autocast, autocast_dtype, counts_record, first_non_finite
 from records import (FORMAT_VERSION, append_log, block_numbers, check_same_data, checkpoint_tensors,
-                     load_checkpoint, restore_rng, save_checkpoint, upgrade_run, verified_checkpoint_meta)
+                     load_checkpoint, read_json, restore_rng, save_checkpoint, upgrade_run, verified_checkpoint_meta)
 from sparse import SPARSE_METHODS
 
 
@@ -696,8 +696,12 @@ def finish_seed(settings: Settings, seed_run: SeedRun, stepper: Stepper) -> None
             print(f"wrote {path} ({len(names)} tensors, {sum(params[n].numel() for n in names):,} parameters)")
     if settings.export and complete:
         model.eval()
-        dest = export.export_model(model, settings, export_dir(settings, seed_run.seed), overwrite=True)
-        print(f"exported {dest} (Hugging Face layout)")
+        # the card is written from the record, which the last epoch's end has just saved
+        record = read_json(Path(settings.output_dir) / "results.json")
+        dest = export.export_model(model, record, seed_run.seed, export_dir(settings, seed_run.seed),
+                                   settings.export_format, overwrite=True)
+        print(f"exported {dest} (format {settings.export_format or export.default_format(settings.method)}); "
+              f"{dest / 'README.md'} says how to load it")
     if not settings.keep_checkpoint and complete:
         seed_run.checkpoint_path.unlink(missing_ok=True)
         digest_path(seed_run.checkpoint_path).unlink(missing_ok=True)
