@@ -5,9 +5,9 @@
 # 1-3, on MRPC, STS-B and CoLA. The cells:
 #   minilm-<task>-e3-pt-frozen           MiniLM-L6, 3 epochs, PT with --freeze-embeddings; its FT and PT at the
 #                                        paper's recipe are records/part2's full-method records
-#   mpnet/<task>-{ft,pt}-full            MPNet-base, 3 epochs: experiments/mpnet.sh's jobs, seeds 1-3
 #   minilm-<task>-n1000-e{3,10}-{ft,pt}  MiniLM-L6 on --train-subset 1000 (the same rows for every seed/mode)
 #   minilm-<task>-e10-{ft,pt}            MiniLM-L6, 10 epochs = 10 stages
+#   mpnet/<task>-{ft,pt}-full            MPNet-base, 3 epochs: experiments/mpnet.sh's jobs, seeds 1-3
 # --times runs, instead, the time check: regime-times/minilm-<task>-e3-{ft,pt,pt-frozen}, seed 1, one run at a
 # time (--workers 1 is implied) on an otherwise idle machine, into runs/regime-times/; the grid's own minutes
 # are not used for time, since its runs share the machine with each other and with whatever else runs.
@@ -73,9 +73,6 @@ job_list() {
     for task in mrpc stsb cola; do
         echo "minilm-$task-e3-pt-frozen 1,2,3 minilm --task $task --mode pt --freeze-embeddings"
     done
-    for task in mrpc stsb cola; do
-        for mode in ft pt; do echo "mpnet/$task-$mode-full 1,2,3 mpnet --task $task --mode $mode --log-every 20"; done
-    done
     for epochs in 3 10; do
         for task in mrpc stsb cola; do
             for mode in ft pt; do
@@ -83,8 +80,10 @@ job_list() {
             done
         done
     done
+    # the long jobs last, MPNet-base's seed 3 beside MiniLM's 10 epochs, FT next to PT
     for task in mrpc stsb cola; do
         for mode in ft pt; do echo "minilm-$task-e10-$mode 1,2,3 minilm --task $task --mode $mode --epochs 10"; done
+        for mode in ft pt; do echo "mpnet/$task-$mode-full 1,2,3 mpnet --task $task --mode $mode --log-every 20"; done
     done
     [ "$EXTRA" = 1 ] || return 0
     for mode in ft pt; do echo "mpnet-mrpc-e10-$mode $EXTRA_SEEDS mpnet --task mrpc --mode $mode --epochs 10"; done
