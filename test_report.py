@@ -608,6 +608,9 @@ def test_block_probe_rows_are_labelled_and_get_their_figure(tmp_path: Path) -> N
     ("RESULTS.md", "part2b", ["records/part2", "--baseline", "--overview", "--paired"], None),
     ("RESULTS.md", "gpu-sst2-seed3", ["records/gpu/sst2-seed3", "--paired"], None),
     ("RESULTS.md", "cpu-cola-lora-preset", ["records/preset", "--baseline", "--paired"], None),
+    ("RESULTS.md", "regime", ["records/regime", "records/part2", "records/mpnet", "--regime"], None),
+    ("RESULTS.md", "regime-times", ["records/regime-times", "--regime", "--times"],
+     "### Wall time per epoch: FT, PT and PT with E frozen"),
     ("PERFORMANCE.md", "perf-compile", ["records/perf", "--compile"], "### torch.compile per stage"),
 ])
 def test_document_tables_are_report_output_on_the_committed_records(document: str, marker: str, args: list[str],
