@@ -555,6 +555,9 @@ def cli(argv: list[str] | None = None) -> None:
     """main() as the command line runs it: every expected failure ends as one line and an exit code."""
     try:
         main(argv)
+        # Under torchrun the processes leave together: rank 0 may still be writing files when the others are
+        # done, and a gloo group torn down while a peer still works can abort the process at exit.
+        distributed.barrier()
     except (OSError, ValueError, FloatingPointError, SafetensorError, data.GlueDownloadError,
             data.SquadDownloadError) as error:
         # Bad input or a failing system (a missing or unwritable folder, a malformed file, a wrong flag value,
