@@ -276,7 +276,7 @@ def test_train_export_and_predict_end_to_end(tmp_path, tiny_mpnet, glue_dir):
 
 def export_matches_and_predicts(out: Path, exported: Path, model_dir: Path, glue_dir: Path, rows: int):
     """The export of run `out` loads in transformers with our logits on RTE dev pairs, and predict.py on it
-    gives the run's own dev predictions (the run evaluated the first `rows` rows; predict.py scores all)."""
+    gives the run's own dev predictions on the first `rows` dev rows, the ones the run evaluated."""
     import export
     import predict
 
@@ -290,22 +290,24 @@ def export_matches_and_predicts(out: Path, exported: Path, model_dir: Path, glue
         expected = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         got = ours(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    predictions = out.parent / "predictions.tsv"
-    predict.main(["--model", str(exported), "--task", "rte", "--input", str(glue_dir / "RTE" / "dev.tsv"),
-                  "--output", str(predictions)])
+    predictions, evaluated = out.parent / "predictions.tsv", out.parent / "dev-head.tsv"
+    evaluated.write_text("".join((glue_dir / "RTE" / "dev.tsv").read_text().splitlines(keepends=True)[:rows + 1]))
+    predict.main(["--model", str(exported), "--task", "rte", "--input", str(evaluated), "--output", str(predictions)])
     written = (out / "seed-1" / "predictions-rte.tsv").read_text().splitlines()
     predicted = predictions.read_text().splitlines()
-    assert [line.split("\t")[:2] for line in predicted[1:rows + 1]] == [line.split("\t") for line in written[1:]]
+    assert len(written) == len(predicted) == rows + 1
+    assert [line.split("\t")[:2] for line in predicted[1:]] == [line.split("\t") for line in written[1:]]
     return hf_model
 
 
 def test_real_mpnet_trains_exports_and_predicts(tmp_path, mpnet_dir, glue_dir):
-    """The real 12-block checkpoint end to end: two Progtuning epochs on 64 RTE pairs, the export loaded by
-    transformers with our logits, and predict.py on the export giving the run's own dev predictions."""
+    """The real 12-block checkpoint end to end: two Progtuning epochs on 32 RTE pairs (32 tokens each), the
+    export loaded by transformers with our logits, and predict.py on the export giving the run's own dev
+    predictions."""
     out, exported = tmp_path / "run", tmp_path / "export"
     record = run.main(["--task", "rte", "--mode", "pt", "--model", str(mpnet_dir), "--data-dir", str(glue_dir),
-                       "--output-dir", str(out), "--epochs", "2", "--limit-train", "64", "--limit-eval", "16",
-                       "--batch-size", "32", "--export", str(exported)])
+                       "--output-dir", str(out), "--epochs", "2", "--limit-train", "32", "--limit-eval", "16",
+                       "--batch-size", "16", "--max-length", "32", "--export", str(exported)])
     assert [e["trainable_blocks"] for e in record["runs"][0]["epochs"]] == [list(range(1, 13)), list(range(7, 13))]
     assert record["total_params"] == 109_488_002
     export_matches_and_predicts(out, exported, mpnet_dir, glue_dir, 16)
