@@ -843,29 +843,44 @@ def _seed_gaps(ft: ResultRow, pt: ResultRow) -> tuple[list[int], list[float]]:
 
 def render_regime(rows: list[ResultRow]) -> str:
     """PT - FT on the main metric per cell (model, task, epochs, training rows, E frozen or not), seed by seed
-    over the seeds both completed: the gaps, their mean ± std, how many pairs have PT >= FT, and each mode's
-    mean score. E-frozen PT is paired with the FT of its cell, which trains E as the paper's FT does."""
+    over the seeds both completed: the gaps, their mean ± std, how many pairs have PT >= FT (and how many of
+    those are ties), how many runs of each mode ended at the majority-class score (a model that predicts one
+    class: a tie there says nothing about the method), and each mode's mean score. E-frozen PT is paired with
+    the FT of its cell, which trains E as the paper's FT does."""
     lines = [_markdown_row(["model", "task", "metric", "epochs", "training rows", "E", "seeds", "PT − FT per seed",
-                            "mean ± std", "PT ≥ FT", "FT", "PT"]), _markdown_row(["---"] * 12)]
-    at_least = total = 0
+                            "mean ± std", "PT ≥ FT", "at majority class: FT, PT", "FT", "PT"]),
+             _markdown_row(["---"] * 13)]
+    at_least = total = tied = tied_at_majority = 0
     for ft, pt in _regime_pairs(rows):
         seeds, gaps = _seed_gaps(ft, pt)
         if not seeds:
             continue
         gap = summarize(gaps)
-        wins = sum(g >= 0 for g in gaps)
-        at_least, total = at_least + wins, total + len(gaps)
+        wins, ties = sum(g >= 0 for g in gaps), sum(g == 0 for g in gaps)
+        at_majority = [{s for s in seeds if _at_majority(row, row.seed_scores[s])} for row in (ft, pt)]
+        at_least, total, tied = at_least + wins, total + len(gaps), tied + ties
+        tied_at_majority += len(at_majority[0] & at_majority[1])
         _, metric, _ = _main_score(ft)
         lines.append(_markdown_row([
             model_label(pt.model), pt.task, METRIC_LABELS[metric], str(pt.epochs), _rows_label(pt),
             "frozen" if _is_frozen(pt) else "trains", ", ".join(map(str, seeds)), ", ".join(map(_signed, gaps)),
-            _signed(gap.mean) + ("" if gap.std is None else f" ± {gap.std:.2f}"), f"{wins} of {len(gaps)}",
+            _signed(gap.mean) + ("" if gap.std is None else f" ± {gap.std:.2f}"),
+            f"{wins} of {len(gaps)}" + (f" ({ties} tied)" if ties else ""),
+            DASH if _baseline_score(ft) is None else f"{len(at_majority[0])}, {len(at_majority[1])}",
             format_score(summarize([ft.seed_scores[s] for s in seeds])),
             format_score(summarize([pt.seed_scores[s] for s in seeds]))]))
     if total == 0:
         raise ResultsFormatError("--regime found no full-method FT and PT records of one cell (model, task, "
                                  "epochs, training rows) that share a complete seed")
-    return "\n".join(lines) + f"\n\nOver all {total} seed pairs, PT scored at least as well as FT in {at_least}.\n"
+    ties = "" if not tied else (f": higher in {at_least - tied}, tied in {tied} ({tied_at_majority} of the ties with "
+                                "both runs at the majority-class score)")
+    return "\n".join(lines) + f"\n\nOver all {total} seed pairs, PT scored at least as well as FT in {at_least}{ties}.\n"
+
+
+def _at_majority(row: ResultRow, score: float) -> bool:
+    """Did a run end at the majority-class score of its task (to the 0.01 its scores are read at)?"""
+    baseline = _baseline_score(row)
+    return baseline is not None and abs(score - baseline) < 0.005
 
 
 def render_regime_curves(rows: list[ResultRow], min_epochs: int = 10) -> str:
