@@ -874,7 +874,8 @@ def render_regime(rows: list[ResultRow]) -> str:
                                  "epochs, training rows) that share a complete seed")
     ties = "" if not tied else (f": higher in {at_least - tied}, tied in {tied} ({tied_at_majority} of the ties with "
                                 "both runs at the majority-class score)")
-    return "\n".join(lines) + f"\n\nOver all {total} seed pairs, PT scored at least as well as FT in {at_least}{ties}.\n"
+    summary = f"Over all {total} seed pairs, PT scored at least as well as FT in {at_least}{ties}."
+    return "\n".join(lines) + f"\n\n{summary}\n"
 
 
 def _at_majority(row: ResultRow, score: float) -> bool:
