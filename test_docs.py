@@ -195,19 +195,20 @@ def test_no_document_names_an_issue_by_number(path: Path) -> None:
 
 
 def test_the_issue_pattern_matches_what_it_must() -> None:
-    assert ISSUE_NUMBER.search("Issue 17's runs") and ISSUE_NUMBER.search("see issues 3 and 4")
+    assert ISSUE_NUMBER.search("Issue " + "17's runs") and ISSUE_NUMBER.search("see issues " + "3 and 4")
     assert not ISSUE_NUMBER.search("the issue's acceptance command") and not ISSUE_NUMBER.search("tissue 5")
 
 
-# Words of how the project is made, not of what it is; and citations of files a clone does not hold.
-MAKING_WORDS = re.compile(r"\b(leases?|lent|warm machine|this team|our team)\b", re.IGNORECASE)
-OUTSIDE_SPEC = re.compile(r"\bSPEC(\.md| section| \d|'s)")
+# Words of how the project is made, not of what it is; and citations of files a clone does not hold. Each
+# word is spelled with a character class, and the examples below are joined from pieces, so that this file
+# is checked like every other and does not match its own patterns.
+MAKING_WORDS = re.compile(r"\b(l[e]ases?|l[e]nt|w[a]rm machine|this t[e]am|our t[e]am)\b", re.IGNORECASE)
+OUTSIDE_SPEC = re.compile(r"\bS[P]EC(\.md| section| \d|'s)")
 ISSUE_REFERENCE = re.compile(r"\bissues? #?\d|\bissue #\d", re.IGNORECASE)
 
 
 def tracked_text_files() -> list[Path]:
-    """Every tracked code, script and document file but the run records and this file (which names the
-    patterns it looks for)."""
+    """Every tracked code, script and document file but the run records."""
     try:
         listed = subprocess.run(["git", "ls-files"], cwd=REPO_DIR, capture_output=True, text=True,
                                 check=True).stdout.split("\n")
@@ -215,7 +216,7 @@ def tracked_text_files() -> list[Path]:
         pytest.skip("git is not available to list the tracked files")
     suffixes = {".py", ".md", ".sh", ".txt", ".ini", ".cfg", ".toml"}
     return [REPO_DIR / name for name in listed if name and Path(name).suffix in suffixes
-            and not name.startswith("records/") and name != "test_docs.py" and (REPO_DIR / name).is_file()]
+            and not name.startswith("records/") and (REPO_DIR / name).is_file()]
 
 
 def test_the_repository_speaks_of_itself_only() -> None:
@@ -234,11 +235,11 @@ def test_the_repository_speaks_of_itself_only() -> None:
 
 
 def test_the_repository_patterns_match_what_they_must() -> None:
-    assert MAKING_WORDS.search("on a lent GPU") and MAKING_WORDS.search("a 15-minute lease")
+    assert MAKING_WORDS.search("on a " + "le" + "nt GPU") and MAKING_WORDS.search("a 15-minute " + "le" + "ase")
     assert not MAKING_WORDS.search("silent") and not MAKING_WORDS.search("excellent")
-    assert OUTSIDE_SPEC.search("as fixed by SPEC.md") and OUTSIDE_SPEC.search("SPEC 9")
+    assert OUTSIDE_SPEC.search("as fixed by " + "SP" + "EC.md") and OUTSIDE_SPEC.search("SP" + "EC 9")
     assert not OUTSIDE_SPEC.search("--train-blocks SPEC") and not OUTSIDE_SPEC.search("spec = glue_task(task)")
-    assert ISSUE_REFERENCE.search("(issue 17)") and not ISSUE_REFERENCE.search("the issue's text")
+    assert ISSUE_REFERENCE.search("(issue " + "17)") and not ISSUE_REFERENCE.search("the issue's text")
 
 
 def test_every_figure_is_shown_by_a_document() -> None:
